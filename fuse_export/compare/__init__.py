@@ -1,0 +1,1 @@
+"""Compare and benchmark: parity results, honest timing, the cross-backend benchmark and its reports."""

@@ -1,0 +1,1 @@
+"""Data: data set containers, loaders for the FER formats, the synthetic faces, and transforms."""

@@ -1,0 +1,82 @@
+"""Containers every loader returns: a data set is named splits of images and labels plus class names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """One split. Images live in memory (`images`, uint8 [N,H,W] or [N,H,W,3]) or on disk (`paths`)."""
+
+    labels: np.ndarray  # int64 [N], hard labels (for soft-target sets: the majority class)
+    images: np.ndarray | None = None
+    paths: list[Path] | None = None
+    soft_targets: np.ndarray | None = None  # float32 [N, C] vote distributions, when the set has them
+    groups: np.ndarray | None = None  # identity per sample, for subject-independent splits
+    names: list[str] | None = None  # per-sample identifiers, for reports
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if (self.images is None) == (self.paths is None):
+            raise ValueError("a Split holds exactly one of images or paths")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def load(self, index: int) -> Image.Image:
+        """The image at `index` as an RGB PIL image (grayscale is replicated to 3 channels)."""
+        if self.images is not None:
+            return Image.fromarray(self.images[index]).convert("RGB")
+        assert self.paths is not None
+        with Image.open(self.paths[index]) as im:
+            return im.convert("RGB")
+
+    def name(self, index: int) -> str:
+        if self.names is not None:
+            return self.names[index]
+        if self.paths is not None:
+            return str(self.paths[index])
+        return f"#{index}"
+
+    def subset(self, indices: np.ndarray) -> Split:
+        """A new split holding only `indices` (used for --limit, held-out carving and k-fold)."""
+        idx = np.asarray(indices, dtype=np.int64)
+
+        def take(a):
+            return None if a is None else a[idx]
+
+        def take_list(a):
+            return None if a is None else [a[i] for i in idx]
+
+        return Split(
+            labels=self.labels[idx],
+            images=take(self.images),
+            paths=take_list(self.paths),
+            soft_targets=take(self.soft_targets),
+            groups=take(self.groups),
+            names=take_list(self.names),
+        )
+
+
+@dataclass
+class FerDataset:
+    """A loaded data set: its class names (in label order) and its splits."""
+
+    name: str
+    class_names: tuple[str, ...]
+    splits: dict[str, Split] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.splits.items()}

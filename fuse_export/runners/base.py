@@ -1,0 +1,70 @@
+"""The runner life cycle (after Polygraphy): built cheaply, activated on `with`, fed name -> array mappings."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from fuse_export.contract import IOContract, Preprocessing, io_contract
+from fuse_export.errors import InputError
+
+
+class Runner(abc.ABC):
+    """Runs one artifact. Construction imports nothing heavy; `activate` loads the backend and the model."""
+
+    backend: str = ""
+
+    def __init__(self, pre: Preprocessing, embed_preprocessing: bool = False, label: str | None = None) -> None:
+        self.pre = pre
+        self.contract: IOContract = io_contract(embed_preprocessing)
+        self.label = label or self.backend
+        self.active = False
+
+    @abc.abstractmethod
+    def _activate(self) -> None: ...
+
+    @abc.abstractmethod
+    def _infer(self, image: np.ndarray) -> tuple[np.ndarray, ...]: ...
+
+    def _deactivate(self) -> None:
+        pass
+
+    def activate(self) -> Runner:
+        if not self.active:
+            self._activate()
+            self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._deactivate()
+            self.active = False
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+
+    def check_feed(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Validate the feed against the I/O contract; return the single input array."""
+        (spec,) = self.contract.inputs
+        if set(feed) != {spec.name}:
+            raise InputError(f"{self.label}: inputs are {sorted(feed)}, expected exactly [{spec.name!r}]")
+        x = feed[spec.name]
+        expected = spec.shape(-1, self.pre.num_classes, self.pre.image_size)
+        if x.dtype != np.dtype(spec.dtype):
+            raise InputError(f"{self.label}: input {spec.name!r} has dtype {x.dtype}, expected {spec.dtype}")
+        if x.ndim != len(expected) or any(e not in (-1, s) for e, s in zip(expected, x.shape)) or x.shape[0] < 1:
+            shown = tuple("N" if e == -1 else e for e in expected)
+            raise InputError(f"{self.label}: input {spec.name!r} has shape {tuple(x.shape)}, expected {shown}")
+        return np.ascontiguousarray(x)
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on a feed {input name: array}; returns {output name: array} in contract order."""
+        if not self.active:
+            raise RuntimeError(f"{self.label}: runner used before activate()")
+        outs = self._infer(self.check_feed(feed))
+        return dict(zip(self.contract.output_names, outs))

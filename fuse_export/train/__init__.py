@@ -1,0 +1,1 @@
+"""Training: recipes, checkpoints, the two-stage loop (joint heads, then the stacker), metrics."""

@@ -1,0 +1,93 @@
+"""Checkpoints: a plain dict of tensors and JSON-like metadata, loaded with `torch.load(weights_only=True)`.
+
+Nothing but tensors, numbers, strings, lists and dicts is stored, so loading never unpickles arbitrary
+objects. Writes are atomic: an interrupted save never leaves a broken file under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fuse_export import __version__
+from fuse_export.contract import Preprocessing
+from fuse_export.errors import CheckpointError
+from fuse_export.fileio import atomic_path
+from fuse_export.model.fused import FusedFER, ModelConfig
+
+FORMAT = "fuse-export-checkpoint"
+FORMAT_VERSION = 1
+
+
+def package_versions() -> dict[str, str]:
+    import torchvision
+
+    return {"fuse_export": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version()}
+
+
+def save_checkpoint(path: str | os.PathLike, model: FusedFER, preprocessing: Preprocessing, recipe: dict[str, Any],
+                    **extra: Any) -> None:
+    """Save weights plus everything needed to rebuild, preprocess and name the outputs."""
+    state = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": model.config.to_dict(),
+        "preprocessing": preprocessing.to_dict(),
+        "class_names": list(preprocessing.class_names),
+        "recipe": recipe,
+        "versions": package_versions(),
+        **extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint dict safely, with clear errors for missing, foreign or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; train one with `fuse-export train RECIPE`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain data "
+                              f"({str(exc).splitlines()[0]})") from None
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a fuse-export checkpoint (field 'format' is missing or differs); "
+                              "for backbone weights use the recipe's model.pretrained")
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format_version {state['format_version']} is newer than this "
+                              f"fuse-export supports ({FORMAT_VERSION}); upgrade fuse-export")
+    return state
+
+
+@dataclass
+class LoadedModel:
+    model: FusedFER
+    preprocessing: Preprocessing
+    state: dict[str, Any]
+    path: Path
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Rebuild the fused model from a checkpoint, in eval mode on the CPU."""
+    state = read_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(state["model_config"])
+        pre = Preprocessing.from_dict(state["preprocessing"])
+        model = FusedFER(config)
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint does not match this model ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]})") from None
+    return LoadedModel(model.eval(), pre, state, Path(path))

@@ -1,0 +1,188 @@
+"""Recipes: TOML files in recipes/ that fully describe a training run, validated field by field."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from fuse_export.errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class DataSection:
+    format: str = "fer2013-csv"
+    path: str = ""  # overridable with --data
+    image_size: int = 224
+    limit: int = 0  # 0 = all; otherwise at most this many samples per split (quick runs)
+    options: dict[str, Any] = field(default_factory=dict)  # format-specific loader options
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    pretrained: str = ""  # "" = none, else a path to a weights file
+    allow_partial_weights: bool = False
+    dcnn_hidden: tuple[int, ...] = (256,)
+    dcnn_dropout: float = 0.5
+    scn_dropout: float = 0.0
+    shared_backbone: bool = True
+
+
+@dataclass(frozen=True)
+class SCNSection:
+    beta: float = 0.7  # share of the high-importance group
+    margin1: float = 0.07  # rank-regularization margin (0.15 at batch 1024 in the paper)
+    margin2: float = 0.2  # relabeling margin
+    relabel_epoch: int = 10  # first (1-based) epoch that relabels; 0 disables relabeling
+    relabel_scope: str = "low"  # "low" (paper) or "all" (authors' released code)
+    rank_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    scheduler: str = "exponential"  # exponential | step | cosine | none
+    gamma: float = 0.9
+    step_size: int = 6
+    num_workers: int = 0
+    seed: int = 0
+    dcnn_weight: float = 1.0
+    scn_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class StackingSection:
+    holdout_fraction: float = 0.1  # share of the training split held out (never trained on) for the stacker
+    weight_decay: float = 1e-3
+    max_iter: int = 200
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "recipe"
+    source: str = ""
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    scn: SCNSection = field(default_factory=SCNSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    stacking: StackingSection = field(default_factory=StackingSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"]["dcnn_hidden"] = list(self.model.dcnn_hidden)
+        return d
+
+    def replace(self, **sections: dict[str, Any]) -> Recipe:
+        """A copy with some fields of some sections changed, e.g. replace(train={"epochs": 3})."""
+        new = {}
+        for name, changes in sections.items():
+            new[name] = dataclasses.replace(getattr(self, name), **changes)
+        return dataclasses.replace(self, **new)
+
+
+_CHOICES = {
+    ("scn", "relabel_scope"): ("low", "all"),
+    ("train", "optimizer"): ("adam", "sgd"),
+    ("train", "scheduler"): ("exponential", "step", "cosine", "none"),
+}
+
+
+def _coerce(where: str, value: Any, hint: Any) -> Any:
+    origin = get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where} must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where} must be an integer, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{where} must be a number, not {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where} must be a string, not {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where} must be a list, not {value!r}")
+        (item,) = {a for a in get_args(hint) if a is not Ellipsis}
+        return tuple(_coerce(f"{where}[{i}]", v, item) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where} must be a table, not {value!r}")
+        return dict(value)
+    return value
+
+
+def _section(file: str, name: str, cls: type, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise RecipeError(f"{file}: [{name}] must be a table")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise RecipeError(f"{file}: unknown field {name}.{unknown[0]}; known fields are {', '.join(sorted(known))}")
+    values = {k: _coerce(f"{file}: {name}.{k}", v, hints[k]) for k, v in table.items()}
+    for (sec, key), choices in _CHOICES.items():
+        if sec == name and key in values and values[key] not in choices:
+            raise RecipeError(f"{file}: {name}.{key} is {values[key]!r}; choose one of {', '.join(choices)}")
+    return cls(**values)
+
+
+def _validate(file: str, r: Recipe) -> None:
+    checks = [
+        (r.data.image_size >= 32, "data.image_size must be at least 32"),
+        (r.data.limit >= 0, "data.limit must be >= 0"),
+        (0.0 < r.scn.beta < 1.0, "scn.beta must be in (0, 1)"),
+        (r.scn.margin1 >= 0.0 and r.scn.margin2 >= 0.0, "scn.margin1 and scn.margin2 must be >= 0"),
+        (r.scn.relabel_epoch >= 0, "scn.relabel_epoch must be >= 0 (0 disables relabeling)"),
+        (r.train.epochs >= 1, "train.epochs must be >= 1"),
+        (r.train.batch_size >= 2, "train.batch_size must be >= 2 (rank regularization needs two groups)"),
+        (r.train.lr > 0, "train.lr must be > 0"),
+        (0.0 < r.stacking.holdout_fraction < 0.5, "stacking.holdout_fraction must be in (0, 0.5)"),
+        (all(h > 0 for h in r.model.dcnn_hidden), "model.dcnn_hidden sizes must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RecipeError(f"{file}: {message}")
+
+
+def recipe_from_dict(d: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    sections = {"data": DataSection, "model": ModelSection, "scn": SCNSection, "train": TrainSection,
+                "stacking": StackingSection}
+    unknown = sorted(set(d) - set(sections) - {"name", "source"})
+    if unknown:
+        raise RecipeError(f"{source}: unknown section or field {unknown[0]!r}; sections are {', '.join(sections)}")
+    kwargs = {k: _section(source, k, cls, d.get(k, {})) for k, cls in sections.items()}
+    recipe = Recipe(name=str(d.get("name", Path(source).stem)), source=str(d.get("source", "")), **kwargs)
+    _validate(source, recipe)
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Parse and validate a recipe TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe not found; see recipes/ for examples")
+    try:
+        d = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from None
+    d.setdefault("name", path.stem)
+    return recipe_from_dict(d, str(path))
