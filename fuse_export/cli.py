@@ -141,7 +141,7 @@ def bench(
 def quickstart(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("fuse-export-quickstart"),
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the quick recipe's epochs.")] = None,
-    samples_per_class: Annotated[int, typer.Option(min=20, help="Synthetic faces per expression.")] = 400,
+    samples_per_class: Annotated[int, typer.Option(min=20, help="Synthetic faces per expression.")] = 600,
     image_size: Annotated[Optional[int], typer.Option(min=32, help="Model input size.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,

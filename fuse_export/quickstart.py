@@ -30,7 +30,7 @@ class QuickstartResult:
     bench_json: Path
 
 
-def run_quickstart(out: Path, epochs: int | None = None, samples_per_class: int = 400, image_size: int | None = None,
+def run_quickstart(out: Path, epochs: int | None = None, samples_per_class: int = 600, image_size: int | None = None,
                    batch_sizes: tuple[int, ...] = (1, 8, 32), seed: int = 0, progress: bool = True) -> QuickstartResult:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "data" / "fer2013-synthetic.csv"

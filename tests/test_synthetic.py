@@ -65,7 +65,7 @@ def test_classes_are_distinct_and_vary_within(faces):
     means = np.stack([x[labels == c].mean(0) for c in range(7)])
     # Class means differ where the features are (brows, eyes, mouth): every pair, by a clear margin.
     pairwise = [np.abs(means[i] - means[j]).mean() for i in range(7) for j in range(i + 1, 7)]
-    assert min(pairwise) > 1.0, pairwise
+    assert min(pairwise) > 1.5, pairwise  # measured about 3
     # Within a class the faces are not copies of one another.
     for c in range(7):
         assert x[labels == c].std(0).mean() > 20.0

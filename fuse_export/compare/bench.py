@@ -111,6 +111,18 @@ def _artifact_for(manifest: dict[str, Any], backend: Backend, embed: bool) -> di
     return None
 
 
+def _check_file(folder: Path, artifact: dict[str, Any]) -> tuple[bool, str]:
+    """The manifest's file must exist and still have the recorded hash."""
+    from fuse_export.fileio import sha256_file
+
+    path = folder / artifact["file"]
+    if not path.is_file():
+        return False, f"{path} is listed in manifest.json but missing; re-export it"
+    if sha256_file(path) != artifact.get("sha256"):
+        return False, f"{path} differs from its manifest sha256; re-export it"
+    return True, ""
+
+
 def run_bench(folder: str | os.PathLike, backends: list[Backend], batch_sizes: list[int], warmup: int = 5,
               iterations: int = 30, threads: int | None = None, data: str | None = None,
               checkpoint: str | None = None, eval_limit: int | None = None, progress: bool = True) -> BenchReport:
@@ -138,6 +150,8 @@ def run_bench(folder: str | os.PathLike, backends: list[Backend], batch_sizes: l
             if ok and backend.format is not None and artifact is None:
                 ok, why = False, f"no {backend.format} fp32 artifact in {folder}; export it with --format {backend.format}"
             file = artifact["file"] if artifact else None
+            if ok and artifact is not None:
+                ok, why = _check_file(folder, artifact)
             size = round(artifact["size_bytes"] / 1e6, 2) if artifact else round(ckpt.stat().st_size / 1e6, 2)
             if not ok:
                 report.rows.append(BenchRow(backend.key, backend.title, file, "skipped", why, backend.precision, size))

@@ -34,7 +34,8 @@ def export_onnx(view: torch.nn.Module, example: torch.Tensor, path: str | os.Pat
     if not static_batch:
         (inp,) = contract.inputs
         axis = inp.dims.index(BATCH_AXIS)
-        dynamic_shapes = {inp.name: {axis: torch.export.Dim(BATCH_AXIS, min=1, max=MAX_BATCH)}}
+        # Positional form: robust to the forward()'s argument name (the graph input is named by input_names).
+        dynamic_shapes = ({axis: torch.export.Dim(BATCH_AXIS, min=1, max=MAX_BATCH)},)
     log = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log):

@@ -55,4 +55,4 @@ def fit_stacker(
     with torch.enable_grad():
         loss = opt.step(closure)
     lin.to(device)
-    return float(loss)
+    return float(loss.detach())
