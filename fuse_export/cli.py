@@ -46,10 +46,49 @@ def _int_list(text: str, option: str) -> list[int]:
     return values
 
 
+def _key_values(items: list[str], option: str) -> dict[str, Any]:
+    """KEY=VALUE pairs; a VALUE that reads as a TOML value (3, 0.2, true, "x", [..]) is one, else a string."""
+    from fuse_export.train.recipe import tomllib  # the stdlib module, or tomli before Python 3.11
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UserError(f"{option} {item!r}: expected KEY=VALUE, e.g. fold=3")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class Amp(str, Enum):
+    none = "none"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class OnBad(str, Enum):
+    fail = "fail"
+    skip = "skip"
+
+
+class CalibrationMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class Int8Scheme(str, Enum):
+    auto = "auto"
+    u8s8 = "u8s8"
+    s8s8 = "s8s8"
 
 
 @app.command()
@@ -63,8 +102,22 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Override train.seed.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    limit: Annotated[Optional[int], typer.Option(min=0, help="At most N samples per split (data.limit; 0 = all).")] = None,
+    on_bad: Annotated[Optional[OnBad], typer.Option(help="Bad files: fail at the first, or skip and list them.")] = None,
+    angles: Annotated[Optional[str], typer.Option(help="KDEF views, e.g. S,HL,HR (data.options.angles).")] = None,
+    data_option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE into data.options, e.g. fold=3 (repeatable).")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="Trunk weights file, or 'imagenet' (torch hub cache).")] = None,
+    allow_partial_weights: Annotated[bool, typer.Option(help="Accept weights that fill only part of the trunk.")] = False,
+    batch_size: Annotated[Optional[int], typer.Option(min=2, help="Override train.batch_size (the GLOBAL batch).")] = None,
+    num_workers: Annotated[Optional[int], typer.Option(min=0, help="Override train.num_workers (per process).")] = None,
+    amp: Annotated[Optional[Amp], typer.Option(help="Override train.amp (mixed precision).")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option(help="Override train.channels_last.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Override train.compile.")] = None,
 ) -> None:
-    """Train the fused network (stage 1: trunk + DCNN + SCN heads; stage 2: the stacker)."""
+    """Train the fused network (stage 1: trunk + DCNN + SCN heads; stage 2: the stacker).
+
+    Multi-GPU / multi-node: `torchrun --nproc-per-node N -m fuse_export train RECIPE ...` (DDP).
+    """
     from fuse_export.train.recipe import load_recipe
     from fuse_export.train.trainer import run_training
     from fuse_export.workflow import resolve_recipe
@@ -75,8 +128,17 @@ def train(
         changes["epochs"] = epochs
     if seed is not None:
         changes["seed"] = seed
+    speed = {"batch_size": batch_size, "num_workers": num_workers, "amp": amp.value if amp else None,
+             "channels_last": channels_last, "compile": compile}
+    changes.update({k: v for k, v in speed.items() if v is not None})
     if changes:
         r = r.replace(train=changes)
+    data_options = {**r.data.options, **_key_values(data_option or [], "--data-option"),
+                    **({"on_bad": on_bad.value} if on_bad else {}), **({"angles": angles} if angles else {})}
+    r = r.replace(data={"options": data_options, **({"limit": limit} if limit is not None else {})})
+    if pretrained is not None or allow_partial_weights:
+        r = r.replace(model={"pretrained": r.model.pretrained if pretrained is None else pretrained,
+                             "allow_partial_weights": allow_partial_weights or r.model.allow_partial_weights})
     result = run_training(r, data, out, device=device.value, resume=resume, progress=progress)
     typer.echo(f"best checkpoint: {result.best} (epoch {result.best_epoch}); last: {result.last}")
 
@@ -85,20 +147,37 @@ def train(
 @user_errors
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `fuse-export train` (best.pt).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: torchscript,onnx.")] = "torchscript,onnx",
+    format: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: torchscript,onnx,pt2,tensorrt (GPU).")] = "torchscript,onnx",
     out: Annotated[Path, typer.Option(help="Output folder (artifacts + manifest.json).")] = Path("runs/export"),
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     static_batch: Annotated[bool, typer.Option(help="Fix the batch size instead of a dynamic batch axis.")] = False,
     batch: Annotated[int, typer.Option(min=1, help="Batch size of a --static-batch export.")] = 1,
+    precision: Annotated[str, typer.Option(
+        help="Comma-separated: fp32, fp16, int8 (fp16/int8: onnx, tensorrt).")] = "fp32",
+    embed_preprocessing: Annotated[bool, typer.Option(
+        help="Take raw uint8 RGB [N, H, W, 3] and normalize inside the graph.")] = False,
+    calibration_data: Annotated[Optional[Path], typer.Option(
+        help="int8 calibration images: a FER-2013 CSV or a folder of images (also used to verify).")] = None,
+    calibration_samples: Annotated[int, typer.Option(min=1, help="How many calibration images to use.")] = 512,
+    calibration_method: Annotated[CalibrationMethod, typer.Option(
+        help="How int8 activation ranges are set from the calibration images.")] = CalibrationMethod.minmax,
+    int8_scheme: Annotated[Int8Scheme, typer.Option(
+        help="int8 Q/DQ types: u8s8 (fast on ONNX Runtime CPU), s8s8 (TensorRT); auto: s8s8 with --format "
+             "tensorrt.")] = Int8Scheme.auto,
 ) -> None:
     """Export to TorchScript and/or ONNX; every artifact is verified against eager PyTorch."""
-    from fuse_export.export.formats import parse_formats
+    from fuse_export.export.formats import parse_formats, parse_precisions
     from fuse_export.workflow import export_checkpoint
 
     result = export_checkpoint(checkpoint, parse_formats(format), out, opset=opset, static_batch=static_batch,
-                               batch=batch)
+                               batch=batch, precisions=parse_precisions(precision),
+                               embed_preprocessing=embed_preprocessing, calibration_data=calibration_data,
+                               calibration_samples=calibration_samples,
+                               calibration_method=CalibrationMethod(calibration_method).value,
+                               int8_scheme=Int8Scheme(int8_scheme).value)
     for a in result.artifacts:
-        typer.echo(f"{a['format']:<12} {out / a['file']}  ({a['size_bytes'] / 1e6:.1f} MB, sha256 {a['sha256'][:12]})")
+        typer.echo(f"{a['format']:<12} {a['precision']:<5} {out / a['file']}  ({a['size_bytes'] / 1e6:.1f} MB, "
+                   f"sha256 {a['sha256'][:12]})")
     typer.echo(f"manifest: {result.manifest}")
 
 
@@ -165,6 +244,131 @@ def quickstart(
         typer.echo(f"  {a['format']:<10} {result.export.out_dir / a['file']}")
     if result.bench.failures():
         raise typer.Exit(1)
+
+
+@app.command("triton-repo")
+@user_errors
+def triton_repo(
+    artifacts_dir: Annotated[Path, typer.Argument(help="An export folder (with manifest.json).")],
+    out: Annotated[Path, typer.Option(help="Model repository folder to write.")] = Path("triton-repo"),
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Triton max_batch_size of every model.")] = 32,
+    instances: Annotated[int, typer.Option(min=1, help="Model instances (instance_group count).")] = 1,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """A Triton Inference Server model repository (config.pbtxt, labels, model files) from an export folder."""
+    from fuse_export.triton_repo import build_triton_repo
+
+    result = build_triton_repo(artifacts_dir, out, max_batch_size, instances, force)
+    for m in result.models:
+        typer.echo(f"{m.name:<24} {m.platform:<18} {m.config}")
+    for file, why in result.skipped:
+        typer.echo(f"skipped {file}: {why}")
+    typer.echo(f"repository: {out}  (tritonserver --model-repository {out})")
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="An export folder or one artifact file (model.onnx, ...).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
+    backend: Annotated[Optional[str], typer.Option(help="Backend key (default: the fastest available).")] = None,
+    detect_faces: Annotated[bool, typer.Option(help="Find faces (OpenCV Haar cascade) and predict each.")] = False,
+    margin: Annotated[float, typer.Option(min=0.0, max=1.0, help="Face crop margin, share of the box.")] = 0.2,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Emotion, probability and SCN confidence per photo, or per face with --detect-faces."""
+    import json
+
+    from fuse_export.compare.report import table_console
+    from fuse_export.predict import predict_photos, predictions_table
+
+    sel, results = predict_photos(model, images, backend, detect_faces, margin, threads)
+    if json_out:
+        doc = {"model": str(sel.path or sel.checkpoint), "backend": sel.backend,
+               "class_names": list(sel.pre.class_names), "results": [r.to_dict() for r in results]}
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        table_console().print(predictions_table(sel, results))
+
+
+class AuditSplit(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+@app.command("audit-labels")
+@user_errors
+def audit_labels(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `fuse-export train` (best.pt).")],
+    data: Annotated[str, typer.Option(help="The data set to audit (in the checkpoint recipe's data format).")],
+    split: Annotated[AuditSplit, typer.Option(help="Which split's labels to audit.")] = AuditSplit.train,
+    top: Annotated[int, typer.Option(min=1, help="Rows of the table (the CSV holds every sample).")] = 20,
+    out: Annotated[Optional[Path], typer.Option(help="Write every sample, most suspicious first, to this CSV.")] = None,
+    device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
+) -> None:
+    """Rank samples by how likely their label is wrong (1 - P(given)), with SCN's alpha and relabel margin."""
+    from fuse_export.audit import audit_checkpoint, audit_table, write_audit_csv
+    from fuse_export.compare.report import table_console
+
+    audit = audit_checkpoint(checkpoint, data, split.value, batch_size=batch_size, device=device.value)
+    table_console().print(audit_table(audit, top))
+    if out is not None:
+        write_audit_csv(audit, out)
+        typer.echo(f"csv: {out} ({len(audit)} samples, most suspicious first)")
+
+
+class EnginePrecision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+@app.command("build-engine")
+@user_errors
+def build_engine(
+    model: Annotated[Path, typer.Argument(help="An ONNX file: model.onnx, model.fp16.onnx, Q/DQ model.int8.onnx.")],
+    out: Annotated[Optional[Path], typer.Option(help="Engine file (default: beside the ONNX, .engine).")] = None,
+    precision: Annotated[Optional[EnginePrecision], typer.Option(
+        help="Default: the ONNX's own. TensorRT 11 takes it from the ONNX only; 10 can lower fp32 to fp16.")] = None,
+    batch: Annotated[Optional[str], typer.Option(
+        help="Optimization profile MIN:OPT:MAX (or N). Default: N:N:N for a fixed batch, else 1:32:256.")] = None,
+    workspace_gb: Annotated[float, typer.Option(help="Builder workspace limit in GiB.")] = 4.0,
+    timing_cache: Annotated[Optional[Path], typer.Option(
+        help="Timing-cache file, reused and extended across builds (default: per TensorRT version and GPU "
+             "under ~/.cache/fuse-export/tensorrt).")] = None,
+    opt_level: Annotated[int, typer.Option(min=0, max=5, help="TensorRT builder optimization level 0..5.")] = 3,
+    verify: Annotated[bool, typer.Option(help="Check parity against eager PyTorch (or ONNX Runtime).")] = True,
+) -> None:
+    """Build a TensorRT engine (raw plan + JSON sidecar) from an ONNX file; needs TensorRT and a CUDA GPU."""
+    from fuse_export.engines import build_engine_file, engine_summary
+
+    result = build_engine_file(model, out, precision.value if precision else None, batch, workspace_gb,
+                               timing_cache, opt_level, verify)
+    for line in engine_summary(result):
+        typer.echo(line)
+
+
+@app.command()
+@user_errors
+def doctor(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of text and a table.")] = False,
+) -> None:
+    """Every backend, whether it can run here and why not (CUDA, onnxruntime-gpu, TensorRT, versions)."""
+    import json
+
+    from fuse_export.compare.report import table_console
+    from fuse_export.doctor import doctor_report, doctor_table, environment_lines
+
+    report = doctor_report()
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for line in environment_lines(report["environment"]):
+        typer.echo(line)
+    table_console().print(doctor_table(report["backends"]))
 
 
 def main() -> None:

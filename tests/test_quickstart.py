@@ -19,4 +19,5 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
                 "export/model.onnx", "export/manifest.json", "bench.json"):
         assert (out / rel).is_file(), rel
     doc = json.loads((out / "bench.json").read_text())
-    assert doc["passed"] and {r["backend"] for r in doc["rows"]} == {"pytorch", "torchscript", "onnxruntime"}
+    ran = {r["backend"] for r in doc["rows"] if r["status"] == "ok"}  # the others: skipped, no artifact
+    assert doc["passed"] and ran == {"pytorch", "torchscript", "onnxruntime"}

@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from fuse_export.compare.gpu_timing import measure_cuda
 from fuse_export.compare.parity import ParityResult, compare_outputs
 from fuse_export.compare.timing import LatencyStats, measure
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import UserError
 from fuse_export.export.manifest import read_manifest
 from fuse_export.runners.base import Runner
+from fuse_export.runners.cuda_base import CudaRunner
 from fuse_export.runners.registry import REFERENCE, Backend
 
 
@@ -105,7 +107,8 @@ class BenchReport:
 
 def _artifact_for(manifest: dict[str, Any], backend: Backend, embed: bool) -> dict[str, Any] | None:
     for a in manifest["artifacts"]:
-        if a.get("backend") == backend.key and a.get("precision", "fp32") == backend.precision \
+        # By format, not backend key: one model.onnx serves the CPU, CUDA and TensorRT execution providers.
+        if a.get("format") == backend.format and a.get("precision", "fp32") == backend.precision \
                 and bool(a.get("embed_preprocessing")) == embed:
             return a
     return None
@@ -143,26 +146,33 @@ def run_bench(folder: str | os.PathLike, backends: list[Backend], batch_sizes: l
     if ordered and ordered[0].key != REFERENCE:
         raise UserError("--backends must include pytorch (the eager reference for parity)")
     with progress_bar(progress) as bar:
-        task = bar.add_task("bench", total=len(ordered) * len(batch_sizes), info="")
-        for backend in ordered:
+        # Each backend on the float-input artifact, then (when exported) on the uint8-input one, fed raw pixels.
+        jobs = [(b, embed) for b in ordered for embed in (False, True)
+                if not embed or (b.format is not None and _artifact_for(manifest, b, True) is not None)]
+        task = bar.add_task("bench", total=len(jobs) * len(batch_sizes), info="")
+        for backend, embed in jobs:
+            title = backend.title + (" uint8-in" if embed else "")
+            feed = inputs.uint8_nhwc if embed else inputs.float_nchw
             ok, why = backend.available()
-            artifact = None if backend.format is None else _artifact_for(manifest, backend, False)
+            artifact = None if backend.format is None else _artifact_for(manifest, backend, embed)
             if ok and backend.format is not None and artifact is None:
-                ok, why = False, f"no {backend.format} fp32 artifact in {folder}; export it with --format {backend.format}"
+                flag = "" if backend.precision == "fp32" else f" --precision {backend.precision}"
+                ok, why = False, (f"no {backend.format} {backend.precision} artifact in {folder}; export it with "
+                                  f"--format {backend.format}{flag}")
             file = artifact["file"] if artifact else None
             if ok and artifact is not None:
                 ok, why = _check_file(folder, artifact)
             size = round(artifact["size_bytes"] / 1e6, 2) if artifact else round(ckpt.stat().st_size / 1e6, 2)
             if not ok:
-                report.rows.append(BenchRow(backend.key, backend.title, file, "skipped", why, backend.precision, size))
+                report.rows.append(BenchRow(backend.key, title, file, "skipped", why, backend.precision, size))
                 bar.advance(task, len(batch_sizes))
                 continue
             path = folder / file if file else None
-            runner = backend.factory(path, ckpt, pre, threads, False)
+            runner = backend.factory(path, ckpt, pre, threads, embed)
             try:
                 with runner:
                     bar.update(task, info=f"{backend.key}: evaluating")
-                    outs = run_all(runner, inputs.float_nchw)
+                    outs = run_all(runner, feed)
                     if reference is None:
                         reference = outs
                     parity = compare_outputs(backend.key, reference, outs, backend.precision)
@@ -172,12 +182,15 @@ def run_bench(folder: str | os.PathLike, backends: list[Backend], batch_sizes: l
                     name = runner.contract.input_names[0]
                     for b in batch_sizes:
                         bar.update(task, info=f"{backend.key}: batch {b}")
-                        x = batch_of(inputs.float_nchw, b)
-                        stats = measure(lambda: runner.infer({name: x}), warmup, iterations)
-                        report.rows.append(BenchRow(backend.key, backend.title, file, "ok", "", backend.precision,
+                        x = batch_of(feed, b)
+                        if isinstance(runner, CudaRunner):  # CUDA events, H2D/D2H from pinned memory included
+                            stats = measure_cuda(runner, x, warmup, iterations, "end-to-end")
+                        else:
+                            stats = measure(lambda: runner.infer({name: x}), warmup, iterations)
+                        report.rows.append(BenchRow(backend.key, title, file, "ok", "", backend.precision,
                                                     size, b, stats, b / (stats.median_ms / 1e3), parity, acc))
                         bar.advance(task)
             except UserError as exc:
-                report.rows.append(BenchRow(backend.key, backend.title, file, "failed", str(exc), backend.precision, size))
+                report.rows.append(BenchRow(backend.key, title, file, "failed", str(exc), backend.precision, size))
                 bar.advance(task, len(batch_sizes))
     return report

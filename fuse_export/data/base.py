@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -73,6 +74,12 @@ class FerDataset:
     class_names: tuple[str, ...]
     splits: dict[str, Split] = field(default_factory=dict)
     source: str = ""
+    # What the loader left out under on_bad = "skip" ("where<TAB>problem" lines); the trainer writes bad_files.txt.
+    bad_files: list[str] = field(default_factory=list)
+    # Samples the format's own rules leave out, by reason (e.g. FERPlus' empty image names); not errors.
+    skipped: dict[str, int] = field(default_factory=dict)
+    # The record of injected label noise (fuse_export.data.noise.NoiseRecord), when asked for.
+    label_noise: Any = None
 
     @property
     def num_classes(self) -> int:

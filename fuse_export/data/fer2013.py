@@ -6,11 +6,13 @@ import csv
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fuse_export.contract import FER2013_CLASSES
+from fuse_export.data.badfiles import BadFiles
 from fuse_export.data.base import FerDataset, Split
 from fuse_export.errors import DataError
 
@@ -19,28 +21,80 @@ PIXELS = 48 * 48
 REQUIRED_COLUMNS = ("emotion", "pixels", "Usage")
 
 
-def _parse_pixels(text: str, path: Path, line: int) -> np.ndarray:
-    # np.fromstring in text mode is C-speed; it stops early on a bad token, which the count check catches.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        values = np.fromstring(text, dtype=np.int32, sep=" ")
-    if values.size != PIXELS or len(text.split()) != PIXELS:
-        n = len(text.split())
-        raise DataError(path, f"field 'pixels' has {n} values, expected {PIXELS} (48x48 grayscale)", line)
+class RowError(ValueError):
+    """A problem with one row (reported under the bad-input policy)."""
+
+
+def _parse_pixels(text: str) -> np.ndarray:
+    """2304 integers 0..255 separated by whitespace -> uint8 [2304]; anything else is a RowError."""
+    # np.fromstring in text mode is C-speed. int64, because it clamps an overlong token rather than wrapping it
+    # into 0..255. On text it cannot read to the end it warns (older NumPy) or raises (newer); either way, and
+    # for signs (which it would accept), the careful path decides and explains.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            values = np.fromstring(text, dtype=np.int64, sep=" ")
+        except ValueError:
+            values = None
+    if values is None or caught or values.size != PIXELS or not text.isascii() or "+" in text or "-" in text:
+        return _parse_pixels_careful(text)
     if values.min() < 0 or values.max() > 255:
-        raise DataError(path, "field 'pixels' has values outside 0..255", line)
+        raise RowError("field 'pixels' has values outside 0..255")
     return values.astype(np.uint8)
 
 
-def load_fer2013_csv(path: str | os.PathLike, require_splits: tuple[str, ...] = ("train", "val", "test")) -> FerDataset:
-    """Load Kaggle's fer2013.csv (header names are matched with surrounding spaces stripped)."""
+def _parse_pixels_careful(text: str) -> np.ndarray:
+    """Any whitespace between tokens is accepted here; each token must be 1-3 ASCII digits."""
+    tokens = text.split()
+    if len(tokens) != PIXELS:
+        raise RowError(f"field 'pixels' has {len(tokens)} values, expected {PIXELS} (48x48 grayscale)")
+    if not all(t.isascii() and t.isdigit() for t in tokens):
+        raise RowError(f"field 'pixels' must be {PIXELS} integers 0..255 separated by spaces")
+    if any(len(t.lstrip("0")) > 3 for t in tokens):  # also keeps int() away from huge digit strings
+        raise RowError("field 'pixels' has values outside 0..255")
+    values = np.array([int(t) for t in tokens], dtype=np.int64)
+    if values.max() > 255:
+        raise RowError("field 'pixels' has values outside 0..255")
+    return values.astype(np.uint8)
+
+
+@dataclass
+class Fer2013Rows:
+    """The file's rows in file order (rows that were skipped as bad are absent; `lines` says which remain)."""
+
+    images: np.ndarray  # uint8 [N, 48, 48]
+    labels: np.ndarray  # int64 [N]
+    usages: np.ndarray  # str [N]
+    lines: np.ndarray  # int64 [N], 1-based line numbers in the file
+
+
+def _parse_row(row: list[str], ncols: int, ie: int, ip: int, iu: int) -> tuple[int, np.ndarray, str]:
+    if len(row) != ncols:
+        raise RowError(f"row has {len(row)} fields, header has {ncols}")
+    text = row[ie].strip()
+    # int() alone would also take "0_3" or non-ASCII digits; a label is plain ASCII digits.
+    if not (text.isascii() and text.isdigit() and len(text) <= 3):
+        raise RowError(f"field 'emotion' is {row[ie][:20]!r}, expected an integer 0..6")
+    label = int(text)
+    if not 0 <= label < len(FER2013_CLASSES):
+        raise RowError(f"field 'emotion' is {label}, outside 0..6")
+    usage = row[iu].strip()
+    if usage not in USAGE_TO_SPLIT:
+        raise RowError(f"field 'Usage' is {usage!r}, expected Training, PublicTest or PrivateTest")
+    return label, _parse_pixels(row[ip]), usage
+
+
+def read_fer2013_rows(path: str | os.PathLike, bad: BadFiles | None = None) -> Fer2013Rows:
+    """Parse every row of a Kaggle fer2013.csv (header names are matched with surrounding spaces stripped)."""
     path = Path(path)
+    bad = bad or BadFiles("fail")
     if not path.is_file():
         raise DataError(path, "file not found; pass the Kaggle fer2013.csv (columns emotion,pixels,Usage)")
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     images: list[np.ndarray] = []
     labels: list[int] = []
     usages: list[str] = []
+    lines: list[int] = []
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
@@ -57,34 +111,42 @@ def load_fer2013_csv(path: str | os.PathLike, require_splits: tuple[str, ...] = 
                 line = reader.line_num
                 if not row or all(not f.strip() for f in row):
                     continue
-                if len(row) != len(columns):
-                    raise DataError(path, f"row has {len(row)} fields, header has {len(columns)}", line)
                 try:
-                    label = int(row[ie])
-                except ValueError:
-                    raise DataError(path, f"field 'emotion' is {row[ie]!r}, expected an integer 0..6", line) from None
-                if not 0 <= label < len(FER2013_CLASSES):
-                    raise DataError(path, f"field 'emotion' is {label}, outside 0..6", line)
-                usage = row[iu].strip()
-                if usage not in USAGE_TO_SPLIT:
-                    raise DataError(path, f"field 'Usage' is {usage!r}, expected Training, PublicTest or PrivateTest", line)
-                images.append(_parse_pixels(row[ip], path, line))
+                    label, pixels, usage = _parse_row(row, len(columns), ie, ip, iu)
+                except RowError as exc:
+                    bad.report(path, str(exc), line)
+                    continue
+                images.append(pixels)
                 labels.append(label)
                 usages.append(usage)
+                lines.append(line)
     except UnicodeDecodeError as exc:
         raise DataError(path, f"not a text CSV file ({exc.reason})") from None
     except csv.Error as exc:
         raise DataError(path, f"malformed CSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    return Fer2013Rows(
+        images=np.stack(images).reshape(-1, 48, 48) if images else np.zeros((0, 48, 48), np.uint8),
+        labels=np.asarray(labels, dtype=np.int64),
+        usages=np.asarray(usages, dtype=str),
+        lines=np.asarray(lines, dtype=np.int64),
+    )
 
-    all_images = np.stack(images).reshape(-1, 48, 48) if images else np.zeros((0, 48, 48), np.uint8)
-    all_labels = np.asarray(labels, dtype=np.int64)
-    usage_arr = np.asarray(usages)
+
+def load_fer2013_csv(path: str | os.PathLike, require_splits: tuple[str, ...] = ("train", "val", "test"),
+                     on_bad: str = "fail") -> FerDataset:
+    """Load Kaggle's fer2013.csv: Training -> train, PublicTest -> val, PrivateTest -> test."""
+    bad = BadFiles(on_bad)
+    rows = read_fer2013_rows(path, bad)
     ds = FerDataset(name="fer2013", class_names=FER2013_CLASSES, source=str(path))
     for usage, split in USAGE_TO_SPLIT.items():
-        idx = np.flatnonzero(usage_arr == usage)
-        ds.splits[split] = Split(labels=all_labels[idx], images=all_images[idx], names=[f"row{i + 2}" for i in idx])
+        idx = np.flatnonzero(rows.usages == usage)
+        ds.splits[split] = Split(labels=rows.labels[idx], images=rows.images[idx],
+                                 names=[f"row{line}" for line in rows.lines[idx].tolist()])
     for split in require_splits:
         if len(ds.splits[split]) == 0:
             usage = next(u for u, s in USAGE_TO_SPLIT.items() if s == split)
             raise DataError(path, f"split {split!r} is empty: no row has Usage {usage}")
+    ds.bad_files = bad.lines()
     return ds

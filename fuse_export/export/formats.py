@@ -25,13 +25,21 @@ FORMATS: dict[str, Format] = {
     f.key: f
     for f in (
         Format("torchscript", "TorchScript", "model.torchscript", "torchscript", True, True, ("fp32",),
-               frozenset({"static_batch"})),
-        Format("onnx", "ONNX", "model.onnx", "onnxruntime", True, True, ("fp32",),
-               frozenset({"opset", "static_batch"})),
+               frozenset({"static_batch", "embed_preprocessing"})),
+        # fp16: converted graph; int8: static PTQ to Q/DQ (fuse_export.export.onnx_precision).
+        Format("onnx", "ONNX", "model.onnx", "onnxruntime", True, True, ("fp32", "fp16", "int8"),
+               frozenset({"opset", "static_batch", "precision", "embed_preprocessing"})),
+        # torch.export + AOTInductor package, compiled for CPU (compiling needs a C++ compiler).
+        Format("pt2", "AOTInductor (pt2)", "model.pt2", "pt2", True, False, ("fp32",), frozenset({"static_batch"})),
+        # A raw TensorRT plan built from the ONNX of the same precision (fuse_export.export.trt_engine); GPU only.
+        Format("tensorrt", "TensorRT", "model.engine", "tensorrt", False, True, ("fp32", "fp16", "int8"),
+               frozenset({"opset", "static_batch", "precision", "embed_preprocessing"})),
     )
 }
 
 ALIASES = {"ts": "torchscript", "jit": "torchscript", "ort": "onnx", "onnxruntime": "onnx"}
+ALIASES.update({"aoti": "pt2", "aotinductor": "pt2"})
+ALIASES.update({"trt": "tensorrt", "engine": "tensorrt"})
 
 
 def parse_formats(text: str) -> list[Format]:
@@ -52,9 +60,32 @@ def parse_formats(text: str) -> list[Format]:
     return out
 
 
+def parse_precisions(text: str) -> list[str]:
+    """Comma-separated precisions, each offered by at least one format (which formats take it: check_options)."""
+    known = list(dict.fromkeys(p for f in FORMATS.values() for p in f.precisions))
+    out = list(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    bad = [p for p in out if p not in known]
+    if bad or not out:
+        raise UserError(f"--precision {text!r}: choose from {', '.join(known)} (comma-separated)")
+    return out
+
+
+def artifact_file(fmt: Format, precision: str = "fp32", embed_preprocessing: bool = False) -> str:
+    """File name of one variant, unique per (format, precision, input contract): model.uint8.int8.onnx."""
+    stem, dot, suffix = fmt.file_name.rpartition(".")
+    parts = [stem] + (["uint8"] if embed_preprocessing else []) + ([precision] if precision != "fp32" else [])
+    return ".".join(parts) + dot + suffix
+
+
 def check_options(fmt: Format, given: dict[str, object]) -> None:
     """Refuse options a format does not take (only non-default values are passed in `given`)."""
     for name, value in given.items():
+        if name == "precision":  # a list of non-fp32 precisions, checked against the row
+            wrong = [p for p in str(value).split(",") if p not in fmt.precisions]
+            if wrong:
+                raise UserError(f"--precision {wrong[0]} does not apply to format {fmt.key!r} (it offers: "
+                                f"{', '.join(fmt.precisions)}); drop the precision or the format")
+            continue
         if name not in fmt.options:
             accepted = ", ".join(sorted(fmt.options)) or "none"
             raise UserError(f"--{name.replace('_', '-')} {value} does not apply to format {fmt.key!r} "

@@ -1,8 +1,16 @@
 """Loading pretrained ResNet-18 weights into the trunk, safely and loudly.
 
 Files are read without unpickling arbitrary objects (safetensors, or `torch.load(weights_only=True)`).
-Key layouts are mapped by small named mappers; the loader reports loaded / skipped / missing counts and
-refuses a partial load unless asked, because the SCN authors' own loader silently loaded nothing.
+Layouts in circulation, all mapped onto torchvision's names by small named mappers:
+- torchvision's ImageNet file `resnet18-f37072fd.pth` (plain names, 1000-way `fc.*` to drop); `imagenet`
+  finds it in the local torch hub cache, offline (nothing is downloaded);
+- MS-Celeb-1M `ijba_res18_naive.pth.tar` (the SCN authors' file): `{'state_dict': ...}` with `module.` keys
+  and face-recognition layers `feature.*` / `fc.*` to drop;
+- MS-Celeb-1M `resnet18_msceleb.pth` (DAN, DACL, RUL): `{'state_dict': ...}` with plain torchvision names;
+- SCN's own `Res18Feature` checkpoints: `features.N.*` (0 conv1, 1 bn1, 4..7 layer1..4), `fc.*`, `alpha.*`;
+- fuse-export checkpoints (`backbone.*`).
+The loader reports loaded / skipped / missing counts and refuses a partial load unless asked, because the
+SCN authors' own loader silently loaded nothing.
 """
 
 from __future__ import annotations
@@ -19,14 +27,27 @@ from torch import nn
 
 from fuse_export.errors import CheckpointError
 
+IMAGENET_FILE = "resnet18-f37072fd.pth"
+IMAGENET_URL = f"https://download.pytorch.org/models/{IMAGENET_FILE}"
+IMAGENET_NAMES = ("imagenet", "torchvision-imagenet")  # model.pretrained values that mean "the hub cache file"
+
 # SCN's Res18Feature wraps the torchvision children in `features`: 0 conv1, 1 bn1, 4..7 layer1..4.
 _SCN_FEATURES = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
 # Face-recognition / classification layers found in circulating checkpoints; never trunk tensors.
 _HEAD_PREFIXES = ("fc.", "feature.", "classifier.", "head.", "alpha.")
+# Names of trunk tensors; a file key under one of them that the trunk lacks means another architecture.
+_TRUNK_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+# BatchNorm's step counter: absent from files saved before PyTorch 0.4.1 (the MS-Celeb files), never needed.
+_OPTIONAL_SUFFIX = "num_batches_tracked"
 
 
 def _strip_module(key: str) -> str:
-    return key[len("module."):] if key.startswith("module.") else key
+    return key.removeprefix("module.")
+
+
+def _backbone_prefix(key: str) -> str:
+    # Our own checkpoints (and timm-like wrappers) keep the trunk under `backbone.`.
+    return key.removeprefix("backbone.")
 
 
 def _scn_features(key: str) -> str:
@@ -36,26 +57,73 @@ def _scn_features(key: str) -> str:
     return key
 
 
-def _backbone_prefix(key: str) -> str:
-    # Our own checkpoints (and timm-like wrappers) keep the trunk under `backbone.`.
-    return key[len("backbone."):] if key.startswith("backbone.") else key
-
-
 # Applied in order to every key; each is a no-op on keys it does not recognise.
 KEY_MAPPERS: list[Callable[[str], str]] = [_strip_module, _backbone_prefix, _scn_features]
+
+
+def detect_layout(keys: list[str]) -> str:
+    """A name for the key layout, for messages: which of the circulating formats this file looks like."""
+    prefix = "DataParallel (module.) " if any(k.startswith("module.") for k in keys) else ""
+    bare = [_strip_module(k) for k in keys]
+    if any(re.match(r"features\.\d+\.", k) for k in bare):
+        return prefix + "SCN features.N"
+    if any(k.startswith("backbone.") for k in bare):
+        return prefix + "fuse-export backbone."
+    if any(k.startswith("feature.") for k in bare):
+        return prefix + "MS-Celeb-1M face model (conv1/layerN + feature + fc)"
+    return prefix + "torchvision ResNet names"
 
 
 @dataclass
 class LoadReport:
     loaded: int
     expected: int
+    layout: str = ""
     skipped: list[str] = field(default_factory=list)  # keys in the file that are not trunk tensors
     missing: list[str] = field(default_factory=list)  # trunk tensors the file did not provide
     mismatched: list[str] = field(default_factory=list)  # same name, different shape
+    unexpected: list[str] = field(default_factory=list)  # trunk-like names a ResNet-18 lacks (layer1.2.*, ...)
+
+    @property
+    def complete(self) -> bool:
+        return self.loaded == self.expected
 
     def summary(self) -> str:
-        return (f"loaded {self.loaded}/{self.expected} backbone tensors, skipped {len(self.skipped)}, "
-                f"missing {len(self.missing)}, shape-mismatched {len(self.mismatched)}")
+        layout = f" ({self.layout} layout)" if self.layout else ""
+        return (f"loaded {self.loaded}/{self.expected} backbone tensors{layout}, skipped {len(self.skipped)}, "
+                f"missing {len(self.missing)}, shape-mismatched {len(self.mismatched)}, "
+                f"unexpected {len(self.unexpected)}")
+
+
+def hub_checkpoint_dirs() -> list[Path]:
+    """Where torch.hub keeps downloaded weights: $TORCH_HOME/hub/checkpoints, else $XDG_CACHE_HOME/torch/...,
+    and ~/.cache/torch/hub/checkpoints (torch.hub.get_dir's rule, plus the default as a fallback)."""
+    dirs = []
+    if os.environ.get("TORCH_HOME"):
+        dirs.append(Path(os.environ["TORCH_HOME"]).expanduser() / "hub" / "checkpoints")
+    if os.environ.get("XDG_CACHE_HOME"):
+        dirs.append(Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "torch" / "hub" / "checkpoints")
+    dirs.append(Path("~/.cache/torch/hub/checkpoints").expanduser())
+    return list(dict.fromkeys(dirs))
+
+
+def find_imagenet_weights() -> Path:
+    """torchvision's ImageNet ResNet-18 file from the local hub cache; never downloads."""
+    dirs = hub_checkpoint_dirs()
+    for d in dirs:
+        if (d / IMAGENET_FILE).is_file():
+            return d / IMAGENET_FILE
+    raise CheckpointError(
+        f"ImageNet ResNet-18 weights not found: no {IMAGENET_FILE} in {', '.join(str(d) for d in dirs)}. "
+        f"Nothing is downloaded: fetch {IMAGENET_URL} on a machine with internet access and put it in {dirs[0]} "
+        "(or set model.pretrained to the file's path)")
+
+
+def resolve_weights(spec: str | os.PathLike) -> Path:
+    """A weights file path from model.pretrained: a path, or `imagenet` for the hub cache file."""
+    if str(spec).lower() in IMAGENET_NAMES:
+        return find_imagenet_weights()
+    return Path(spec).expanduser()
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -73,47 +141,74 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors and plain "
-                              f"containers ({str(exc).splitlines()[0]}); re-save its state_dict") from None
+        text = str(exc)
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if unsafe:
+            raise CheckpointError(f"{path}: refused to load: the file holds a {unsafe.group(1)} object, not only tensors "
+                                  "and plain containers (loading it would run arbitrary code); re-save its "
+                                  "state_dict") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file (corrupt pickle data: "
+                              f"{detail.group(1).strip() if detail else text.splitlines()[0]})") from None
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(exc).__name__}: {exc})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: no state dict found (expected tensors, or a dict with 'state_dict')")
     return obj
 
 
-def map_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
+def map_keys(state: dict[str, torch.Tensor], path: str | os.PathLike = "") -> dict[str, torch.Tensor]:
+    """The file's tensors under trunk names; two file keys landing on one name is an error, not a coin toss."""
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
     for key, value in state.items():
+        mapped = key
         for mapper in KEY_MAPPERS:
-            key = mapper(key)
-        out[key] = value
+            mapped = mapper(mapped)
+        if mapped in out:
+            raise CheckpointError(f"{path}: keys {origin[mapped]!r} and {key!r} both map to {mapped!r}; "
+                                  "the file mixes layouts")
+        out[mapped], origin[mapped] = value, key
     return out
 
 
 def load_backbone_weights(trunk: nn.Module, path: str | os.PathLike, allow_partial: bool = False) -> LoadReport:
-    """Map the file's keys onto `trunk`, copy what fits, and fail unless every trunk tensor was loaded."""
-    source = map_keys(read_state_dict(path))
+    """Map the file's keys onto `trunk`, copy what fits, and fail unless every trunk tensor was loaded.
+
+    `path` may be `imagenet` (the torch hub cache file). BatchNorm's num_batches_tracked counters are
+    loaded when present but are not required (old files lack them).
+    """
+    path = resolve_weights(path)
+    raw = read_state_dict(path)
+    source = map_keys(raw, path)
     target = trunk.state_dict()
-    report = LoadReport(loaded=0, expected=len(target))
+    required = [k for k in target if not k.endswith(_OPTIONAL_SUFFIX)]
+    report = LoadReport(loaded=0, expected=len(required), layout=detect_layout(list(raw)))
     to_load = {}
     for key, value in source.items():
-        if key not in target or key.startswith(_HEAD_PREFIXES):
+        if key not in target and key.startswith(_TRUNK_PREFIXES):
+            report.unexpected.append(key)  # trunk-like but not ResNet-18's: a deeper ResNet (34 holds all of 18's keys)
+        elif key not in target or key.startswith(_HEAD_PREFIXES):
             report.skipped.append(key)
         elif tuple(value.shape) != tuple(target[key].shape):
             report.mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(target[key].shape)}")
         else:
-            to_load[key] = value
-    report.missing = [k for k in target if k not in to_load]
-    report.loaded = len(to_load)
-    if report.loaded < report.expected and not allow_partial:
+            to_load[key] = value.to(target[key].dtype)
+    report.missing = [k for k in required if k not in to_load]
+    report.loaded = sum(1 for k in required if k in to_load)
+    if report.unexpected and not allow_partial:
+        raise CheckpointError(f"{path}: {report.summary()}; the file has trunk tensors a ResNet-18 does not have "
+                              f"(e.g. {', '.join(report.unexpected[:3])}): a deeper ResNet? Pass a ResNet-18 file, or "
+                              "--allow-partial-weights (model.allow_partial_weights = true) to load the matching part")
+    if not report.complete and not allow_partial:
         examples = ", ".join((report.missing[:3] or []) + report.mismatched[:2])
-        skipped = ", ".join(report.skipped[:3])
+        skipped = ", ".join(report.skipped[:3]) or "none"
         raise CheckpointError(f"{path}: {report.summary()} (missing e.g. {examples}; unused keys e.g. {skipped}); "
-                              "the file does not fit a ResNet-18 trunk, or pass --allow-partial-weights")
+                              "the file does not fit a ResNet-18 trunk, or pass --allow-partial-weights "
+                              "(model.allow_partial_weights = true) to accept a partial load")
     trunk.load_state_dict(to_load, strict=False)
     return report

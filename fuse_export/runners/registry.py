@@ -10,6 +10,7 @@ from pathlib import Path
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import UserError
 from fuse_export.runners.base import Runner
+from fuse_export.runners.gpu_backends import gpu_backend_rows
 
 
 def _has(module: str) -> bool:
@@ -58,21 +59,69 @@ def _ort_cpu(artifact: Path | None, checkpoint: Path, pre: Preprocessing, thread
     return OnnxRuntimeRunner(artifact, pre, threads=threads, embed_preprocessing=embed, label="onnxruntime")
 
 
+def _ort_cpu_as(label: str) -> Callable[..., Runner]:
+    """The ONNX Runtime CPU runner under another label (reduced-precision ONNX files run on the same runner)."""
+
+    def factory(artifact: Path | None, checkpoint: Path, pre: Preprocessing, threads: int | None,
+                embed: bool) -> Runner:
+        from fuse_export.runners.ort_runner import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(artifact, pre, threads=threads, embed_preprocessing=embed, label=label)
+
+    return factory
+
+
+def _aoti() -> tuple[bool, str]:
+    import importlib.metadata as md
+
+    try:
+        major, minor = (int(p) for p in md.version("torch").split(".")[:2])
+    except (md.PackageNotFoundError, ValueError):
+        return False, "torch not installed"
+    if (major, minor) < (2, 6):
+        return False, f"torch {major}.{minor} cannot load AOTInductor packages (needs torch >= 2.6)"
+    return True, ""
+
+
+def _pt2(artifact: Path | None, checkpoint: Path, pre: Preprocessing, threads: int | None, embed: bool) -> Runner:
+    from fuse_export.runners.pt2_runner import Pt2Runner
+
+    return Pt2Runner(artifact, pre, threads=threads, embed_preprocessing=embed, label="pt2")
+
+
 BACKENDS: dict[str, Backend] = {
     b.key: b
     for b in (
         Backend("pytorch", "PyTorch", None, "cpu", "fp32", _always, _eager),
         Backend("torchscript", "TorchScript", "torchscript", "cpu", "fp32", _always, _torchscript),
         Backend("onnxruntime", "ONNX Runtime", "onnx", "cpu", "fp32", _onnxruntime_cpu, _ort_cpu),
+        Backend("onnxruntime-fp16", "ONNX Runtime fp16", "onnx", "cpu", "fp16", _onnxruntime_cpu,
+                _ort_cpu_as("onnxruntime-fp16")),
+        Backend("onnxruntime-int8", "ONNX Runtime int8", "onnx", "cpu", "int8", _onnxruntime_cpu,
+                _ort_cpu_as("onnxruntime-int8")),
+        Backend("pt2", "AOTInductor (pt2)", "pt2", "cpu", "fp32", _aoti, _pt2),
     )
 }
+# The CUDA and TensorRT rows live beside their runners; they skip with a reason where unusable.
+BACKENDS.update({row[0]: Backend(*row) for row in gpu_backend_rows()})
 REFERENCE = "pytorch"
 
 
+def backend_for(fmt: str, precision: str, device: str = "cpu") -> Backend:
+    """The backend that runs (and verifies) a format's artifact of one precision on `device`."""
+    for b in BACKENDS.values():
+        if b.format == fmt and b.precision == precision and b.device == device:
+            return b
+    raise UserError(f"no {device} backend runs {fmt} {precision} artifacts")
+
+
 def parse_backends(text: str | None) -> list[Backend]:
-    """Comma-separated backend keys, or all when empty."""
+    """Comma-separated backend keys; when empty, every CPU backend plus the CUDA ones where CUDA is usable
+    (named backends are always kept, and show as skipped with the reason when they cannot run here)."""
     if not text:
-        return list(BACKENDS.values())
+        from fuse_export.runners.cuda_base import cuda_status
+
+        return [b for b in BACKENDS.values() if b.device == "cpu" or cuda_status()[0]]
     out = []
     for key in (t.strip().lower() for t in text.split(",") if t.strip()):
         if key not in BACKENDS:

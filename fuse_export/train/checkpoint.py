@@ -18,8 +18,9 @@ import torch
 from fuse_export import __version__
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import CheckpointError
-from fuse_export.fileio import atomic_path
+from fuse_export.fileio import atomic_open
 from fuse_export.model.fused import FusedFER, ModelConfig
+from fuse_export.train.distributed import DistContext, broadcast_object
 
 FORMAT = "fuse-export-checkpoint"
 FORMAT_VERSION = 1
@@ -38,7 +39,7 @@ def save_checkpoint(path: str | os.PathLike, model: FusedFER, preprocessing: Pre
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "model_config": model.config.to_dict(),
         "preprocessing": preprocessing.to_dict(),
         "class_names": list(preprocessing.class_names),
@@ -46,8 +47,18 @@ def save_checkpoint(path: str | os.PathLike, model: FusedFER, preprocessing: Pre
         "versions": package_versions(),
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # atomic_open fsyncs before the rename: after a crash or power loss, the real name holds either the
+    # previous complete checkpoint or this one, never a torn file.
+    with atomic_open(path, "wb") as fh:
+        torch.save(state, fh)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporaries that a killed save left beside checkpoints (`.last.pt.*.tmp`); returns them."""
+    stale = sorted(Path(folder).glob(".*.pt.*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -91,3 +102,18 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise CheckpointError(f"{path}: checkpoint does not match this model ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0]})") from None
     return LoadedModel(model.eval(), pre, state, Path(path))
+
+
+def read_checkpoint_on_main(path: str | os.PathLike, ctx: DistContext) -> dict[str, Any]:
+    """Rank 0 reads the checkpoint and broadcasts it, so other nodes need no shared disk; every rank raises
+    the same CheckpointError if rank 0 cannot read it (rather than waiting forever for a broadcast)."""
+    state, error = None, None
+    if ctx.is_main:
+        try:
+            state = read_checkpoint(path)
+        except CheckpointError as exc:
+            error = str(exc)
+    state, error = broadcast_object((state, error), ctx)
+    if error is not None:
+        raise CheckpointError(error)
+    return state

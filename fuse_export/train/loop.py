@@ -1,8 +1,14 @@
-"""Stage 1 (joint training of the trunk and both heads, with SCN relabeling) and evaluation helpers."""
+"""Stage 1 (joint training of the trunk and both heads, with SCN relabeling) and evaluation helpers.
+
+The same code runs in one process or in many under DistributedDataParallel: per-step values stay on the
+device (no host sync per step), and at the end of the epoch the metric sums are all-reduced and the relabel
+decisions all-gathered, so every rank leaves the epoch with the same metrics and the same labels.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +18,9 @@ from torch.utils.data import DataLoader
 
 from fuse_export.model.fused import FusedFER, HeadOutputs
 from fuse_export.model.scn import rank_regularization, relabel
+from fuse_export.train.distributed import DistContext, all_gather_cat, all_reduce
 from fuse_export.train.recipe import SCNSection, TrainSection
+from fuse_export.train.speed import Precision, batch_to
 
 
 @dataclass
@@ -30,14 +38,17 @@ class LabelState:
     def targets(self, idx: torch.Tensor) -> torch.Tensor:
         return self.labels[idx] if self.soft is None else self.soft[idx]
 
-    def apply(self, idx: torch.Tensor, new: torch.Tensor, changed: torch.Tensor) -> int:
-        """Store relabeled samples: they persist for the rest of training."""
-        rows = idx[changed]
+    def assign(self, rows: torch.Tensor, new: torch.Tensor) -> int:
+        """Store relabeled samples (rows of the training split): they persist for the rest of training."""
         if rows.numel():
-            self.labels[rows] = new[changed]
+            self.labels[rows] = new
             if self.soft is not None:
-                self.soft[rows] = F.one_hot(new[changed], self.soft.shape[1]).float()
+                self.soft[rows] = F.one_hot(new, self.soft.shape[1]).float()
         return int(rows.numel())
+
+    def apply(self, idx: torch.Tensor, new: torch.Tensor, changed: torch.Tensor) -> int:
+        """Store the changed entries of one batch's relabel result."""
+        return self.assign(idx[changed], new[changed])
 
 
 @dataclass
@@ -54,70 +65,107 @@ class EpochStats:
     images_per_s: float
 
 
-def train_one_epoch(model: FusedFER, loader: DataLoader, labels: LabelState, optimizer: torch.optim.Optimizer,
-                    scn: SCNSection, train: TrainSection, epoch: int, device: torch.device,
-                    progress: Progress | None = None) -> EpochStats:
+_SUMS = ("loss", "dcnn", "scn", "rank", "acc_d", "acc_s", "alpha")
+
+
+def train_one_epoch(net: Callable[[torch.Tensor], HeadOutputs], model: FusedFER, loader: DataLoader,
+                    labels: LabelState, optimizer: torch.optim.Optimizer, precision: Precision, scn: SCNSection,
+                    train: TrainSection, epoch: int, ctx: DistContext, progress: Progress | None = None) -> EpochStats:
     """One pass: CE on the DCNN head + (CE on SCN's alpha-weighted logits + rank regularization).
 
-    From `scn.relabel_epoch` on, SCN's rule relabels samples after the optimizer step; the new labels are
-    used from the next time the sample is seen (the authors: this iteration still uses the old label), and
-    they feed both heads' targets.
+    `net` is the stage-1 network (trunk + heads, maybe DDP-wrapped and compiled); `model` the FusedFER it
+    shares parameters with. From `scn.relabel_epoch` on, SCN's rule relabels samples after the optimizer
+    step, with alphas ranked within this rank's batch as in the paper. New labels are used from the next
+    time a sample is seen (the authors: this iteration still uses the old label); as the sampler shows each
+    sample once per epoch, the decisions are gathered from all ranks and stored at the end of the epoch.
     """
+    device = ctx.device
     model.train()
     # The stacker is fitted in stage 2 on held-out data; keep it out of stage 1 entirely.
     model.stacker.eval()
-    sums = {"loss": 0.0, "dcnn": 0.0, "scn": 0.0, "rank": 0.0, "acc_d": 0.0, "acc_s": 0.0, "alpha": 0.0}
-    seen, changed_total = 0, 0
+    sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=device)
+    decisions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    seen, shown = 0, 0.0
     relabel_now = scn.relabel_epoch > 0 and epoch >= scn.relabel_epoch
     task = progress.add_task(f"epoch {epoch}", total=len(loader), info="") if progress else None
     start = time.perf_counter()
     for x, idx in loader:
-        x = x.to(device, non_blocking=True)
-        targets = labels.targets(idx).to(device)
-        heads: HeadOutputs = model.forward_heads(x)
-        loss_dcnn = F.cross_entropy(heads.dcnn_logits, targets)
-        loss_scn = F.cross_entropy(heads.scn_logits, targets)
-        loss_rank = rank_regularization(heads.alpha, scn.beta, scn.margin1)
-        loss = train.dcnn_weight * loss_dcnn + train.scn_weight * (loss_scn + scn.rank_weight * loss_rank)
+        x = batch_to(x, device, train.channels_last)
+        targets = labels.targets(idx).to(device, non_blocking=True)
+        with precision.autocast():
+            heads: HeadOutputs = net(x)
+            loss_dcnn = F.cross_entropy(heads.dcnn_logits, targets)
+            loss_scn = F.cross_entropy(heads.scn_logits, targets)
+            loss_rank = rank_regularization(heads.alpha.float(), scn.beta, scn.margin1)
+            loss = train.dcnn_weight * loss_dcnn + train.scn_weight * (loss_scn + scn.rank_weight * loss_rank)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        precision.backward_step(loss, optimizer)
 
-        hard = labels.labels[idx].to(device)
-        n = x.shape[0]
-        seen += n
-        sums["loss"] += float(loss.detach()) * n
-        sums["dcnn"] += float(loss_dcnn.detach()) * n
-        sums["scn"] += float(loss_scn.detach()) * n
-        sums["rank"] += float(loss_rank.detach()) * n
-        sums["acc_d"] += float((heads.dcnn_logits.argmax(1) == hard).sum())
-        sums["acc_s"] += float((heads.scn_logits.argmax(1) == hard).sum())
-        sums["alpha"] += float(heads.alpha.detach().sum())
-        if relabel_now:
-            new, changed = relabel(heads.scn_logits.detach(), hard, heads.alpha.detach(), scn.margin2, scn.beta,
-                                   scn.relabel_scope)
-            changed_total += labels.apply(idx, new.cpu(), changed.cpu())
-        if progress is not None and task is not None:
-            rate = seen / max(time.perf_counter() - start, 1e-9)
-            progress.update(task, advance=1, info=f"loss {sums['loss'] / seen:.3f}  {rate:.0f} img/s")
+        with torch.no_grad():
+            hard = labels.labels[idx].to(device, non_blocking=True)
+            n = x.shape[0]
+            seen += n
+            sums += torch.stack([loss.float() * n, loss_dcnn.float() * n, loss_scn.float() * n,
+                                 loss_rank.float() * n, (heads.dcnn_logits.argmax(1) == hard).sum().float(),
+                                 (heads.scn_logits.argmax(1) == hard).sum().float(),
+                                 heads.alpha.float().sum()]).double()
+            if relabel_now:
+                new, changed = relabel(heads.scn_logits.float(), hard, heads.alpha.float(), scn.margin2,
+                                       scn.beta, scn.relabel_scope)
+                decisions.append((idx, new, changed))
+        if task is not None:
+            now = time.perf_counter()
+            info = None
+            if now - shown > 0.5:  # reading the loss syncs the device: do it twice a second, not every step
+                shown = now
+                rate = seen * ctx.world_size / max(now - start, 1e-9)
+                info = f"loss {float(sums[0]) / seen:.3f}  {rate:.0f} img/s"
+            progress.update(task, advance=1, **({"info": info} if info else {}))  # type: ignore[union-attr]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    seen = max(seen, 1)
+    totals = all_reduce(torch.cat([sums.cpu(), torch.tensor([float(seen)], dtype=torch.float64)]), ctx)
+    seconds = float(all_reduce(torch.tensor([seconds]), ctx, op="max"))
+    changed_total = labels.assign(*gather_decisions(decisions, ctx))
+    m = dict(zip(_SUMS, (totals[:-1] / max(float(totals[-1]), 1.0)).tolist()))
+    if task is not None:  # the final figures, over every rank
+        progress.update(task, info=f"loss {m['loss']:.3f}  {float(totals[-1]) / max(seconds, 1e-9):.0f} img/s")  # type: ignore[union-attr]
     return EpochStats(
-        loss=sums["loss"] / seen, loss_dcnn=sums["dcnn"] / seen, loss_scn=sums["scn"] / seen,
-        loss_rank=sums["rank"] / seen, train_acc_dcnn=sums["acc_d"] / seen, train_acc_scn=sums["acc_s"] / seen,
-        alpha_mean=sums["alpha"] / seen, relabeled_epoch=changed_total, seconds=seconds,
-        images_per_s=seen / max(seconds, 1e-9),
+        loss=m["loss"], loss_dcnn=m["dcnn"], loss_scn=m["scn"], loss_rank=m["rank"], train_acc_dcnn=m["acc_d"],
+        train_acc_scn=m["acc_s"], alpha_mean=m["alpha"], relabeled_epoch=changed_total, seconds=seconds,
+        images_per_s=float(totals[-1]) / max(seconds, 1e-9),
     )
 
 
+def gather_decisions(decisions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                     ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, new labels) changed by any rank this epoch, in rank order, identical on every rank."""
+    if decisions:
+        idx = torch.cat([d[0] for d in decisions]).long()
+        new = torch.cat([d[1] for d in decisions]).cpu()
+        changed = torch.cat([d[2] for d in decisions]).cpu()
+        rows, values = idx[changed], new[changed]
+    else:
+        rows = values = torch.zeros(0, dtype=torch.int64)
+    both = all_gather_cat(torch.stack([rows, values], dim=1), ctx)
+    return both[:, 0].contiguous(), both[:, 1].contiguous()
+
+
 @torch.no_grad()
-def predict_heads(model: FusedFER, loader: DataLoader, device: torch.device) -> HeadOutputs:
+def predict_heads(model: FusedFER, loader: DataLoader, device: torch.device,
+                  channels_last: bool = False) -> HeadOutputs:
     """Both heads' outputs over a loader, concatenated on the CPU (eval mode)."""
     model.eval()
-    outs = [model.forward_heads(x.to(device)) for x, _ in loader]
+    outs = [model.forward_heads(batch_to(x, device, channels_last)) for x, _ in loader]
     if not outs:
-        return HeadOutputs(torch.zeros(0), torch.zeros(0), torch.zeros(0))
+        c = model.config.num_classes
+        return HeadOutputs(torch.zeros(0, c), torch.zeros(0, c), torch.zeros(0, 1))
     return HeadOutputs(*(torch.cat([getattr(o, f).float().cpu() for o in outs]) for f in HeadOutputs._fields))
+
+
+def gather_heads(heads: HeadOutputs, ctx: DistContext) -> HeadOutputs:
+    """Every rank's shard of predictions, concatenated in rank order (the whole split, on every rank)."""
+    return HeadOutputs(*(all_gather_cat(t, ctx) for t in heads))
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Per-epoch metrics, written as JSON lines and CSV (rewritten atomically from the history each epoch)."""
+"""Per-epoch metrics: JSON lines and CSV (rewritten atomically from the history each epoch), TensorBoard
+event files when the optional `tensorboard` package is installed, and a PNG of the curves at the end."""
 
 from __future__ import annotations
 
@@ -52,3 +53,54 @@ def plot_history(out_dir: Path, history: list[dict[str, Any]]) -> Path | None:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def _tag(key: str) -> str:
+    """Group scalars in TensorBoard: val/..., loss/..., train/..."""
+    if key.startswith("val_"):
+        return f"val/{key[4:]}"
+    if key.startswith("loss"):
+        return f"loss/{key[5:] or 'total'}"
+    return f"train/{key}"
+
+
+class TensorBoardLog:
+    """Scalars per epoch under `out_dir/tensorboard` (`tensorboard --logdir OUT/tensorboard`).
+
+    Without the `tensorboard` package (pip install 'fuse-export[tensorboard]') it does nothing, quietly:
+    metrics.csv and metrics.jsonl carry the same numbers.
+    """
+
+    def __init__(self, out_dir: Path, start_epoch: int = 1, enabled: bool = True) -> None:
+        self.writer: Any = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        # purge_step: after a resume, events the interrupted run wrote past its last checkpoint are hidden.
+        self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_epoch if start_epoch > 1 else None)
+
+    @property
+    def active(self) -> bool:
+        return self.writer is not None
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(_tag(key), value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def __enter__(self) -> TensorBoardLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

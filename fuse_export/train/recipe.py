@@ -61,6 +61,11 @@ class TrainSection:
     seed: int = 0
     dcnn_weight: float = 1.0
     scn_weight: float = 1.0
+    # Speed on a GPU (see fuse_export/train/speed.py); all also run, slowly, on the CPU.
+    amp: str = "none"  # none | bf16 | fp16 (fp16 uses a gradient scaler)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the training network
+    deterministic: bool = False  # deterministic kernels, no cudnn autotuning: bit-reproducible GPU runs, slower
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ _CHOICES = {
     ("scn", "relabel_scope"): ("low", "all"),
     ("train", "optimizer"): ("adam", "sgd"),
     ("train", "scheduler"): ("exponential", "step", "cosine", "none"),
+    ("train", "amp"): ("none", "bf16", "fp16"),
 }
 
 
@@ -155,6 +161,7 @@ def _validate(file: str, r: Recipe) -> None:
         (r.train.epochs >= 1, "train.epochs must be >= 1"),
         (r.train.batch_size >= 2, "train.batch_size must be >= 2 (rank regularization needs two groups)"),
         (r.train.lr > 0, "train.lr must be > 0"),
+        (r.train.num_workers >= 0, "train.num_workers must be >= 0"),
         (0.0 < r.stacking.holdout_fraction < 0.5, "stacking.holdout_fraction must be in (0, 0.5)"),
         (all(h > 0 for h in r.model.dcnn_hidden), "model.dcnn_hidden sizes must be > 0"),
     ]

@@ -1,0 +1,207 @@
+"""A Triton Inference Server model repository from an export folder: one model per servable artifact.
+
+Every `config.pbtxt` is derived from the artifact's manifest entry (its I/O contract, precision and
+class names), so the names, types and shapes Triton checks are the ones the file was verified with:
+
+    REPO/<model>/config.pbtxt
+    REPO/<model>/labels.txt          class names, one per line (label_filename of logits/probabilities)
+    REPO/<model>/1/model.onnx        onnxruntime_onnx
+    REPO/<model>/1/model.pt          pytorch_libtorch (TorchScript)
+    REPO/<model>/1/model.plan        tensorrt_plan
+
+The text is written by hand (no tritonclient needed at run time); the tests parse it with Triton's own
+ModelConfig protobuf schema. The repository is built in a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fuse_export.contract import BATCH_AXIS
+from fuse_export.errors import UserError
+from fuse_export.export.manifest import read_manifest
+from fuse_export.fileio import sha256_file
+
+LABELS_FILE = "labels.txt"
+DEFAULT_MAX_BATCH = 32
+MAX_QUEUE_DELAY_US = 100  # how long the dynamic batcher may hold a request to fill a batch
+
+
+@dataclass(frozen=True)
+class Platform:
+    """How Triton serves one export format."""
+
+    platform: str  # config.pbtxt `platform`
+    model_file: str  # file name Triton looks for in the version folder (its default_model_filename)
+    kind: str  # instance group kind: KIND_AUTO lets Triton use a GPU when it has one, else the CPU
+    indexed_names: bool  # TorchScript files carry no tensor names: Triton's "<name>__<index>" convention
+
+
+# Keyed by the export format (fuse_export.export.formats). TensorRT plans exist only on GPUs.
+PLATFORMS: dict[str, Platform] = {
+    "onnx": Platform("onnxruntime_onnx", "model.onnx", "KIND_AUTO", False),
+    "torchscript": Platform("pytorch_libtorch", "model.pt", "KIND_AUTO", True),
+    "tensorrt": Platform("tensorrt_plan", "model.plan", "KIND_GPU", False),
+}
+DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int64": "TYPE_INT64"}
+
+
+@dataclass
+class RepoModel:
+    name: str
+    artifact: str
+    platform: str
+    config: Path
+
+
+@dataclass
+class RepoResult:
+    out: Path
+    models: list[RepoModel] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (artifact file, reason)
+
+
+def preferred_batch_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two from 4 up to the maximum, and the maximum itself: sizes worth waiting a moment for."""
+    sizes = {p for p in (4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= max_batch_size}
+    return sorted(sizes | {max_batch_size})
+
+
+def model_name(artifact: dict[str, Any]) -> str:
+    """fer_<format>[_<precision>][_uint8]: unique per artifact kind in one export folder."""
+    name = f"fer_{artifact['format']}"
+    if artifact.get("precision", "fp32") != "fp32":
+        name += f"_{artifact['precision']}"
+    if artifact.get("embed_preprocessing"):
+        name += "_uint8"
+    return name
+
+
+def tensor_names(artifact: dict[str, Any], indexed: bool) -> tuple[list[str], list[str]]:
+    """Config names of the inputs and outputs: the contract's, or '<name>__<index>' for TorchScript."""
+    ins = [t["name"] for t in artifact["io"]["inputs"]]
+    outs = [t["name"] for t in artifact["io"]["outputs"]]
+    if indexed:
+        ins = [f"{n}__{i}" for i, n in enumerate(ins)]
+        outs = [f"{n}__{i}" for i, n in enumerate(outs)]
+    return ins, outs
+
+
+def _dims(tensor: dict[str, Any], where: str) -> list[int]:
+    """Dims without the leading batch axis (Triton adds it back when max_batch_size > 0)."""
+    shape = list(tensor["shape"])
+    if not shape or shape[0] != BATCH_AXIS or any(not isinstance(d, int) for d in shape[1:]):
+        raise UserError(f"{where}: tensor {tensor['name']!r} has shape {shape}; expected [batch, fixed dims...]")
+    return shape[1:]
+
+
+def _tensor_block(kind: str, tensors: list[dict[str, Any]], names: list[str], labelled: set[str], where: str) -> str:
+    items = []
+    for t, name in zip(tensors, names):
+        if t["dtype"] not in DTYPES:
+            raise UserError(f"{where}: tensor {t['name']!r} has dtype {t['dtype']!r}, which this tool cannot map "
+                            f"to a Triton type (knows {', '.join(DTYPES)})")
+        lines = [f'    name: "{name}"', f"    data_type: {DTYPES[t['dtype']]}",
+                 f"    dims: [ {', '.join(str(d) for d in _dims(t, where))} ]"]
+        if t["name"] in labelled:
+            lines.append(f'    label_filename: "{LABELS_FILE}"')
+        items.append("  {\n" + "\n".join(lines) + "\n  }")
+    return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
+
+
+def config_text(name: str, artifact: dict[str, Any], max_batch_size: int, instances: int, where: str = "") -> str:
+    """config.pbtxt for one manifest artifact entry."""
+    p = PLATFORMS[artifact["format"]]
+    ins, outs = tensor_names(artifact, p.indexed_names)
+    sizes = ", ".join(str(s) for s in preferred_batch_sizes(max_batch_size))
+    return (
+        f"# Written by fuse-export triton-repo from {artifact['file']} (sha256 {artifact['sha256'][:12]}, "
+        f"{artifact.get('precision', 'fp32')}, {artifact['io']['layout']}).\n"
+        f'name: "{name}"\n'
+        f'platform: "{p.platform}"\n'
+        f"max_batch_size: {max_batch_size}\n"
+        f'default_model_filename: "{p.model_file}"\n'
+        + _tensor_block("input", artifact["io"]["inputs"], ins, set(), where)
+        + _tensor_block("output", artifact["io"]["outputs"], outs, {"logits", "probabilities"}, where)
+        + "dynamic_batching {\n"
+        f"  preferred_batch_size: [ {sizes} ]\n"
+        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n"
+        "}\n"
+        "instance_group [\n"
+        "  {\n"
+        f"    count: {instances}\n"
+        f"    kind: {p.kind}\n"
+        "  }\n"
+        "]\n"
+    )
+
+
+def _servable(folder: Path, artifact: dict[str, Any]) -> str:
+    """Why an artifact cannot go into the repository ('' when it can)."""
+    if artifact.get("format") not in PLATFORMS:
+        return f"format {artifact.get('format')!r} has no Triton platform here (served: {', '.join(PLATFORMS)})"
+    if artifact.get("static_batch"):
+        return "exported with --static-batch; Triton's dynamic batching needs a dynamic batch axis"
+    path = folder / artifact["file"]
+    if not path.is_file():
+        return f"{path} is listed in manifest.json but missing; re-export it"
+    if sha256_file(path) != artifact.get("sha256"):
+        return f"{path} differs from its manifest sha256; re-export it"
+    return ""
+
+
+def build_triton_repo(artifacts_dir: str | os.PathLike, out: str | os.PathLike, max_batch_size: int = DEFAULT_MAX_BATCH,
+                      instances: int = 1, force: bool = False) -> RepoResult:
+    """Write a model repository for every servable artifact of an export folder; atomically."""
+    folder, out = Path(artifacts_dir), Path(out)
+    if max_batch_size < 1 or instances < 1:
+        raise UserError(f"--max-batch-size ({max_batch_size}) and --instances ({instances}) must be >= 1")
+    manifest = read_manifest(folder)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UserError(f"{out} already exists and is not empty; pass --force to replace it")
+    result = RepoResult(out)
+    names: dict[str, str] = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for artifact in manifest["artifacts"]:
+            why = _servable(folder, artifact)
+            if why:
+                result.skipped.append((artifact.get("file", "?"), why))
+                continue
+            name = model_name(artifact)
+            if name in names:
+                raise UserError(f"{folder}/manifest.json: {artifact['file']} and {names[name]} would both be "
+                                f"Triton model {name!r}")
+            names[name] = artifact["file"]
+            p = PLATFORMS[artifact["format"]]
+            model_dir = tmp / name
+            (model_dir / "1").mkdir(parents=True)
+            shutil.copyfile(folder / artifact["file"], model_dir / "1" / p.model_file)
+            (model_dir / LABELS_FILE).write_text("\n".join(manifest["class_names"]) + "\n", encoding="utf-8")
+            (model_dir / "config.pbtxt").write_text(
+                config_text(name, artifact, max_batch_size, instances, f"{folder}/manifest.json"), encoding="utf-8")
+            result.models.append(RepoModel(name, artifact["file"], p.platform, out / name / "config.pbtxt"))
+        if not result.models:
+            reasons = "; ".join(f"{f}: {why}" for f, why in result.skipped) or "the manifest lists no artifacts"
+            raise UserError(f"{folder}: nothing Triton can serve ({reasons})")
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move `new` onto `target`; an old `target` is moved aside first and removed only after the swap."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,248 @@
+"""Distributed training on the CPU: two Gloo processes, the same labels and metrics on every rank, and the
+same relabel decisions as one process with the same global batch.
+
+Where a 2-process run may legitimately differ from a 1-process run with the same global batch (and so
+what is compared is decisions, not weights):
+- BatchNorm normalizes each rank's half-batch with that half's statistics (no SyncBatchNorm on the CPU);
+- rank regularization and relabel_scope="low" rank alphas within each rank's batch (the paper's rule),
+  so the high/low groups are drawn from half-batches;
+- each rank has its own dropout stream (the recipe here sets dropout to 0);
+- the gradient all-reduce sums in a different order than one process's backward: low bits differ.
+What must hold exactly, and is tested exactly: the union of the ranks' batches at each step is the
+single-process batch; every sample is augmented identically; every rank ends with identical labels,
+metrics, weights and stacker; collectives return the same data on every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from fuse_export.contract import Preprocessing
+from fuse_export.data.base import Split
+from fuse_export.data.fer2013 import load_fer2013_csv
+from fuse_export.data.transforms import train_transform
+from fuse_export.train.build import holdout_split
+from fuse_export.train.distributed import DistContext
+from fuse_export.train.loaders import train_loader
+from fuse_export.train.recipe import Recipe, load_recipe
+
+ROOT = Path(__file__).parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join_as_torchrun_would(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)  # two processes on two cores
+
+
+def bars_recipe(epochs: int = 5) -> Recipe:
+    """Global batch 32; relabel from epoch 3 over the whole batch; no dropout (see the module docstring).
+
+    With seed 1, one and two processes (1 or 2 threads) have corrected every planted label by epoch 4
+    (measured); epoch 5 is margin, so the comparison is of converged decisions.
+    """
+    return load_recipe(ROOT / "recipes" / "synthetic-quick.toml").replace(
+        data={"image_size": 32}, model={"dcnn_dropout": 0.0},
+        train={"epochs": epochs, "batch_size": 32, "seed": 1}, scn={"relabel_epoch": 3, "relabel_scope": "all"})
+
+
+# ------------------------------------------------------------------ what must hold exactly, without processes
+
+
+def test_ranks_batches_union_is_the_single_process_batch_and_augmentation_is_per_sample():
+    rng = np.random.default_rng(0)
+    split = Split(labels=np.arange(53) % 7, images=rng.integers(0, 255, (53, 48, 48), dtype=np.uint8))
+    tf = train_transform(Preprocessing(image_size=32))
+    single = train_loader(split, tf, 8, DistContext(0, 1), seed=5, num_workers=0)
+    # rank 1 loads in worker processes: augmentation must not depend on who draws it
+    ranks = [train_loader(split, tf, 4, DistContext(r, 2), seed=5, num_workers=2 * r) for r in (0, 1)]
+    for loader in (single, *ranks):
+        loader.sampler.set_epoch(3)
+    before = torch.get_rng_state()
+    one = list(single)
+    assert torch.equal(torch.get_rng_state(), before), "loading consumed the global generator (dropout's)"
+    two = [list(r) for r in ranks]
+    assert len(one) == len(two[0]) == len(two[1]) == 53 // 8
+    for (x, idx), (x0, i0), (x1, i1) in zip(one, *two):
+        assert sorted(idx.tolist()) == sorted(torch.cat([i0, i1]).tolist())
+        by_index = {int(i): img for i, img in zip(torch.cat([i0, i1]), torch.cat([x0, x1]))}
+        for i, img in zip(idx.tolist(), x):
+            assert torch.equal(by_index[i], img), f"sample {i} augmented differently"
+    flips = [not torch.equal(x[k], tf.transforms[-1](tf.transforms[-2](tf.transforms[0](split.load(int(i))))))
+             for x, idx in one for k, i in enumerate(idx)]
+    assert 0 < sum(flips) < len(flips), "the random flip should flip some samples and not others"
+    single.sampler.set_epoch(4)
+    assert [i.tolist() for _, i in single] != [i.tolist() for _, i in one], "a new epoch must reshuffle"
+
+
+# ------------------------------------------------------------------ collectives in two Gloo processes
+
+
+def _collectives_worker(rank: int, port: int, out: str) -> None:
+    from torch import nn
+
+    from fuse_export.errors import RecipeError
+    from fuse_export.train.distributed import (all_gather_cat, all_gather_object, all_reduce, broadcast_module,
+                                               broadcast_object, check_batch_split, setup, teardown)
+    from fuse_export.train.loop import LabelState, gather_decisions
+
+    _join_as_torchrun_would(rank, 2, port)
+    ctx = setup("cpu")
+    res: dict = {"backend": ctx.backend, "rank": ctx.rank, "world": ctx.world_size, "main": ctx.is_main}
+    res["cat"] = all_gather_cat(torch.arange(1 + 3 * rank, dtype=torch.float32).view(-1, 1) + 10 * rank, ctx)
+    res["cat_empty"] = all_gather_cat(torch.ones(2 * rank, 3), ctx)
+    res["sum"] = all_reduce(torch.tensor([rank + 1.0, 10.0], dtype=torch.float64), ctx)
+    res["max"] = all_reduce(torch.tensor([float(rank)]), ctx, op="max")
+    # One batch per rank of relabel results; rank 1 changes a sample rank 0 did not see.
+    batch = {0: ([4, 7, 9], [1, 2, 3], [True, False, True]), 1: ([0, 5], [6, 6], [False, True])}[rank]
+    decisions = [(torch.tensor(batch[0]), torch.tensor(batch[1]), torch.tensor(batch[2]))]
+    labels = LabelState(torch.zeros(10, dtype=torch.int64), torch.zeros(10, dtype=torch.int64))
+    res["relabeled"] = labels.assign(*gather_decisions(decisions, ctx))
+    res["labels"] = labels.labels
+    lin = nn.Linear(3, 2)
+    with torch.no_grad():
+        lin.weight.fill_(float(rank + 1))
+    broadcast_module(lin, ctx)
+    res["lin"] = lin.weight.detach().clone()
+    res["obj"] = broadcast_object({"from": rank}, ctx)
+    res["objs"] = all_gather_object(rank * 10, ctx)
+    try:
+        check_batch_split(5, ctx, "recipe.toml")
+    except RecipeError as exc:
+        res["batch_error"] = str(exc)
+    teardown(ctx)
+    torch.save(res, Path(out) / f"rank{rank}.pt")
+
+
+def test_collectives_give_every_rank_the_same_global_state(tmp_path):
+    mp.spawn(_collectives_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert (r0["backend"], r0["world"], r0["main"], r1["main"]) == ("gloo", 2, True, False)
+    for key in ("cat", "cat_empty", "sum", "max", "labels", "lin"):
+        assert torch.equal(r0[key], r1[key]), key
+    assert r0["cat"].view(-1).tolist() == [0.0, 10.0, 11.0, 12.0, 13.0]  # uneven lengths, rank order
+    assert r0["cat_empty"].shape == (2, 3)
+    assert r0["sum"].tolist() == [3.0, 20.0] and r0["max"].tolist() == [1.0]
+    assert r0["relabeled"] == r1["relabeled"] == 3
+    assert r0["labels"].tolist() == [0, 0, 0, 0, 1, 6, 0, 0, 0, 3]
+    assert r0["lin"].eq(1.0).all()  # rank 0's weights everywhere
+    assert r0["obj"] == r1["obj"] == {"from": 0} and r0["objs"] == r1["objs"] == [0, 10]
+    assert "divide evenly over 2 processes" in r0["batch_error"]
+
+
+# ------------------------------------------------------------------ whole training runs
+
+
+def _train_worker(rank: int, port: int, data: str, out: str, recipe: Recipe) -> None:
+    from fuse_export.train.trainer import run_training
+
+    _join_as_torchrun_would(rank, 2, port)
+    res = run_training(recipe, data, out, device="cpu", progress=False)
+    assert res.model is not None
+    torch.save({"labels": res.labels, "history": res.history, "test": res.test_accuracy,
+                "world": res.world_size, "model": res.model.state_dict()}, Path(out).parent / f"result{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def two_process_run(noisy_bars, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_train_worker, args=(_free_port(), str(noisy_bars[0]), str(root / "out"), bars_recipe()), nprocs=2)
+    return root / "out", [torch.load(root / f"result{r}.pt") for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(noisy_bars, tmp_path_factory):
+    from fuse_export.train.trainer import run_training
+
+    return run_training(bars_recipe(), str(noisy_bars[0]), tmp_path_factory.mktemp("single"), device="cpu",
+                        progress=False)
+
+
+def _timeless(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in history]
+
+
+def test_every_rank_ends_with_the_same_labels_metrics_and_weights(two_process_run):
+    out, (r0, r1) = two_process_run
+    assert r0["world"] == r1["world"] == 2
+    assert torch.equal(r0["labels"], r1["labels"])
+    assert r0["history"] == r1["history"]  # reduced metrics, including the (max) epoch time
+    assert r0["test"] == r1["test"]
+    assert r0["model"].keys() == r1["model"].keys()
+    for k in r0["model"]:  # trunk, heads, BatchNorm statistics and the stacker
+        assert torch.equal(r0["model"][k], r1["model"][k]), k
+    assert r0["history"][-1]["relabeled_total"] > 0
+
+
+def test_only_rank_zero_writes(two_process_run):
+    out, (r0, _) = two_process_run
+    names = {p.name for p in out.iterdir()}
+    optional = {"training_curves.png", "tensorboard"}  # with matplotlib / tensorboard installed
+    assert names - optional == {"best.pt", "last.pt", "metrics.csv", "metrics.jsonl", "summary.json"}
+    if "tensorboard" in names:
+        assert len(list((out / "tensorboard").iterdir())) == 1, "one TensorBoard writer (rank 0's)"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["test_accuracy"] == r0["test"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert _timeless(rows) == _timeless(r0["history"])
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["world_size"] == 2 and len(last["rng"]) == 2  # each rank's generators, for an exact resume
+    assert torch.equal(last["labels"], r0["labels"])
+
+
+def test_two_processes_and_one_reach_the_same_relabel_decisions(two_process_run, one_process_run, noisy_bars):
+    _, (r0, _) = two_process_run
+    path, clean, noisy, usage = noisy_bars
+    ds = load_fer2013_csv(path)
+    train_idx, _ = holdout_split(ds.splits["train"], bars_recipe().stacking.holdout_fraction, bars_recipe().train.seed)
+    rows = np.flatnonzero(usage == "Training")[train_idx]
+    planted = clean[rows] != noisy[rows]
+    single = one_process_run.labels.numpy()
+    assert planted.sum() >= 10
+    assert np.array_equal(single, r0["labels"].numpy()), (
+        f"1 process relabeled {np.flatnonzero(single != noisy[rows]).tolist()}, "
+        f"2 processes {np.flatnonzero(r0['labels'].numpy() != noisy[rows]).tolist()}")
+    # ...and the decisions are the right ones: every planted error corrected, nothing else touched.
+    assert np.array_equal(single, clean[rows])
+
+
+def test_torchrun_cli_trains_and_resumes(noisy_bars, tmp_path):
+    """The real entry point: torchrun -m fuse_export train, then --resume for one more epoch."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[data]\nimage_size = 32\nlimit = 90\n[train]\nepochs = 1\nbatch_size = 16\n'
+                      '[scn]\nrelabel_epoch = 1\n')
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+    def torchrun(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "fuse_export", "train", str(recipe), "--data", str(noisy_bars[0]), "--out", str(out),
+               "--device", "cpu", "--no-progress", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    first = torchrun()
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = torchrun("--resume", "--epochs", "2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr and "written by" not in second.stderr
+    assert second.stderr.count("epoch 2/2") == 1, "only rank 0 prints"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch_size"] == 16

@@ -1,0 +1,91 @@
+"""CUDA backends through the same bench, parity and timing machinery as the CPU ones (skipped without CUDA)."""
+
+import numpy as np
+import pytest
+
+from fuse_export.compare.bench import eval_inputs, run_all, run_bench
+from fuse_export.compare.parity import compare_outputs
+from fuse_export.runners.registry import BACKENDS
+
+pytestmark = pytest.mark.cuda
+
+TORCH_KEYS = ["pytorch-cuda", "pytorch-cuda-fp16", "pytorch-cuda-bf16", "pytorch-cuda-graph-fp16", "torchscript-cuda",
+              "onnxruntime-cuda"]
+
+
+def _usable(key: str) -> None:
+    ok, why = BACKENDS[key].available()
+    if not ok:
+        pytest.skip(f"{key}: {why}")
+
+
+@pytest.mark.parametrize("key", TORCH_KEYS)
+def test_cuda_backend_in_bench_with_parity_and_cuda_event_timing(tiny_export, key):
+    _usable(key)
+    report = run_bench(tiny_export, [BACKENDS["pytorch"], BACKENDS[key]], [1, 8], warmup=3, iterations=10,
+                       progress=False)
+    rows = [r for r in report.rows if r.backend == key and r.title == BACKENDS[key].title]
+    assert [r.status for r in rows] == ["ok", "ok"], [(r.status, r.reason) for r in rows]
+    for r in rows:
+        assert r.parity, r.parity.explain()
+        assert r.latency.timed.startswith("end-to-end: CUDA events") and 0 < r.latency.median_ms <= r.latency.p99_ms
+
+
+@pytest.mark.slow
+def test_torch_compile_reduce_overhead_matches_eager(tiny_export):
+    _usable("pytorch-compile-fp16")
+    report = run_bench(tiny_export, [BACKENDS["pytorch"], BACKENDS["pytorch-compile-fp16"]], [1], warmup=3,
+                       iterations=10, progress=False)
+    row = report.rows[-1]
+    assert row.status == "ok" and row.parity, (row.reason, row.parity and row.parity.explain())
+
+
+def test_cuda_graph_replay_equals_eager_cuda_across_batch_sizes(tiny_export, tiny_run):
+    from fuse_export.runners.cuda_runners import TorchCudaRunner
+    from fuse_export.train.checkpoint import load_model
+
+    pre = load_model(tiny_run.best).preprocessing
+    x = eval_inputs(pre, None, 40).float_nchw
+    with TorchCudaRunner(tiny_run.best, pre, precision="fp16") as eager, \
+            TorchCudaRunner(tiny_run.best, pre, precision="fp16", mode="graph") as graph:
+        for n in (1, 8, 3, 8, 1):  # shapes repeat: replays of earlier captures must still be right
+            a = eager.infer({"image": x[:n]})
+            b = graph.infer({"image": x[:n]})
+            for name in a:
+                np.testing.assert_allclose(a[name], b[name], atol=1e-3)
+        assert len(graph._graphs) == 3
+
+
+def test_gpu_timing_modes_are_recorded(tiny_run):
+    from fuse_export.compare.gpu_timing import TIMING_MODES, measure_cuda
+    from fuse_export.runners.cuda_runners import TorchCudaRunner
+    from fuse_export.train.checkpoint import load_model
+
+    pre = load_model(tiny_run.best).preprocessing
+    x = eval_inputs(pre, None, 4).float_nchw
+    with TorchCudaRunner(tiny_run.best, pre, precision="fp16", mode="graph") as runner:
+        dev = measure_cuda(runner, x, warmup=3, iterations=20, mode="device")
+        e2e = measure_cuda(runner, x, warmup=3, iterations=20, mode="end-to-end")
+    assert dev.timed.startswith(TIMING_MODES["device"]) and e2e.timed.startswith(TIMING_MODES["end-to-end"])
+    assert 0 < dev.median_ms <= dev.p90_ms <= dev.p99_ms and dev.iterations == 20 and dev.warmup == 3
+    assert e2e.median_ms > 0
+
+
+def test_fp32_cuda_matches_cpu_eager_to_1e4_without_tf32(tiny_run):
+    import torch
+
+    from fuse_export.runners.cuda_runners import TorchCudaRunner
+    from fuse_export.runners.torch_runners import EagerRunner
+    from fuse_export.train.checkpoint import load_model
+
+    pre = load_model(tiny_run.best).preprocessing
+    x = eval_inputs(pre, None, 64).float_nchw
+    with EagerRunner(tiny_run.best, pre) as cpu:
+        ref = run_all(cpu, x)
+    tf32_before = torch.backends.cudnn.allow_tf32
+    with TorchCudaRunner(tiny_run.best, pre) as gpu:
+        assert torch.backends.cudnn.allow_tf32 is False
+        got = run_all(gpu, x)
+    assert torch.backends.cudnn.allow_tf32 == tf32_before  # restored on deactivate
+    parity = compare_outputs("pytorch-cuda", ref, got, "fp32")
+    assert parity and parity.top1_agreement == 1.0, parity.explain()

@@ -1,0 +1,125 @@
+"""`predict` on generated photos: whole images, a copied-away artifact, and faces found by the Haar cascade."""
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from fuse_export.cli import app
+from fuse_export.data.synthetic import SyntheticSpec, generate_faces
+from fuse_export.data.transforms import eval_transform
+from fuse_export.errors import BackendUnavailable
+from fuse_export.model.fused import ExportView
+from fuse_export.train.checkpoint import load_model
+
+# Faces without occluders: index 0 is found by the cascade once drawn 200 px wide (checked below, and the
+# cascade found 66 of 70 such faces when this test was written).
+SPEC = SyntheticSpec(samples_per_class=2, seed=5, occlusion_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory):
+    """48x48 face PNGs, a 480x360 scene with one face, one with two faces, a blank and a noise photo."""
+    folder = tmp_path_factory.mktemp("photos")
+    faces, _, _ = generate_faces(SPEC)
+    for i in range(3):
+        Image.fromarray(faces[i]).save(folder / f"face{i}.png")
+    big = [Image.fromarray(faces[i]).resize((200, 200), Image.BICUBIC) for i in (0, 1)]
+    scene = Image.new("L", (480, 360), 120)
+    scene.paste(big[0], (140, 80))
+    scene.convert("RGB").save(folder / "scene.jpg", quality=95)
+    two = Image.new("L", (640, 320), 110)
+    two.paste(big[0], (40, 60))
+    two.paste(big[1], (380, 60))
+    two.convert("RGB").save(folder / "two.png")
+    Image.new("RGB", (300, 300), (90, 90, 90)).save(folder / "blank.png")
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "noise.png")
+    return folder
+
+
+def run_json(*args: str) -> dict:
+    r = CliRunner().invoke(app, ["predict", *args, "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
+
+
+def eager_probs(checkpoint, images: list[Image.Image]) -> np.ndarray:
+    loaded = load_model(checkpoint)
+    tf = eval_transform(loaded.preprocessing)
+    x = torch.stack([tf(im.convert("RGB")) for im in images])
+    with torch.inference_mode():
+        return ExportView(loaded.model).eval()(x)[1].numpy()
+
+
+def test_whole_images_match_the_eager_pipeline_on_every_backend(tiny_export, tiny_run, photos):
+    files = [photos / f"face{i}.png" for i in range(3)]
+    want = eager_probs(tiny_run.best, [Image.open(f) for f in files])
+    classes = load_model(tiny_run.best).preprocessing.class_names
+    for backend in ("onnxruntime", "torchscript", "pytorch"):
+        doc = run_json(str(tiny_export), *map(str, files), "--backend", backend)
+        assert doc["backend"] == backend and doc["class_names"] == list(classes)
+        assert [r["image"] for r in doc["results"]] == list(map(str, files))
+        for r, p in zip(doc["results"], want):
+            (pred,) = r["predictions"]
+            assert pred["box"] is None and r["detected_faces"] is None
+            got = np.array([pred["probabilities"][c] for c in classes])
+            assert np.abs(got - p).max() <= 1e-4
+            assert pred["emotion"] == classes[int(p.argmax())]
+            assert pred["probability"] == pytest.approx(p.max(), abs=1e-4)
+            assert 0.0 < pred["confidence"] < 1.0
+
+
+def test_a_folder_and_an_artifact_copied_away_from_its_manifest(tiny_export, photos, tmp_path):
+    doc = run_json(str(tiny_export), str(photos))  # the default backend, every image of the folder
+    assert doc["backend"] == "onnxruntime"
+    assert sorted(r["image"] for r in doc["results"]) == sorted(str(p) for p in photos.iterdir())
+    shutil.copy(tiny_export / "model.onnx", tmp_path / "alone.onnx")  # no manifest beside it: embedded metadata
+    alone = run_json(str(tmp_path / "alone.onnx"), str(photos))
+    for a, b in zip(alone["results"], doc["results"]):
+        assert a["predictions"][0]["probabilities"] == pytest.approx(b["predictions"][0]["probabilities"], abs=1e-6)
+
+
+def test_detect_faces_finds_the_face_and_says_when_there_is_none(tiny_export, tiny_run, photos):
+    files = ["scene.jpg", "two.png", "blank.png", "noise.png"]
+    doc = run_json(str(tiny_export), *(str(photos / f) for f in files), "--detect-faces")
+    scene, two, blank, noise = doc["results"]
+    (face,) = scene["predictions"]
+    x, y, w, h = face["box"]
+    # The crop (face box + 20% margin) covers the 200x200 face drawn at (140, 80), and not much more.
+    assert x <= 160 and y <= 100 and x + w >= 320 and y + h >= 260 and w <= 300 and h <= 300
+    want = eager_probs(tiny_run.best, [Image.open(photos / "scene.jpg").crop((x, y, x + w, y + h))])[0]
+    classes = doc["class_names"]
+    assert np.abs(np.array([face["probabilities"][c] for c in classes]) - want).max() <= 1e-4
+    assert two["detected_faces"] and len(two["predictions"]) == 2
+    assert sorted(p["box"][0] < 320 for p in two["predictions"]) == [False, True]  # one face on each side
+    for r in (blank, noise):
+        assert r["detected_faces"] is False and r["predictions"] == [] and r["note"] == "no face found"
+    table = CliRunner().invoke(app, ["predict", str(tiny_export), str(photos / "blank.png"), "--detect-faces"])
+    assert table.exit_code == 0 and "no face found" in table.output
+
+
+def test_missing_opencv_is_a_clear_error(tiny_export, photos, monkeypatch):
+    from fuse_export.data.faces import FaceFinder
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # what an environment without OpenCV looks like to import
+    with pytest.raises(BackendUnavailable, match=r"pip install 'fuse-export\[faces\]'"):
+        FaceFinder()
+    r = CliRunner().invoke(app, ["predict", str(tiny_export), str(photos / "scene.jpg"), "--detect-faces"])
+    assert r.exit_code == 2 and "needs OpenCV" in r.output
+
+
+def test_bad_inputs_exit_2_with_the_file_named(tiny_export, photos, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    for args, message in (([str(photos / "nope.png")], "no such image file or folder"),
+                          ([str(tmp_path / "broken.png")], "not an image Pillow can read"),
+                          ([str(tmp_path / "empty")], "no such image file or folder"),
+                          ([str(photos), "--backend", "trt"], "unknown backend 'trt'"),
+                          ([str(photos), "--backend", "pt2"], "the export has no artifact for it")):
+        r = CliRunner().invoke(app, ["predict", str(tiny_export), *args])
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, (args, r.output)
