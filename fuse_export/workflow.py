@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fuse_export.compare.bench import run_all
 from fuse_export.compare.parity import ParityResult, compare_outputs
 from fuse_export.contract import Preprocessing, io_contract
 from fuse_export.errors import BackendUnavailable, ExportError, RecipeError, UserError
@@ -37,18 +38,6 @@ class ExportResult:
     manifest: Path
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     parity: dict[str, ParityResult] = field(default_factory=dict)
-
-
-def verification_batch(image_size: int, n: int = VERIFY_SAMPLES, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded image-like inputs: uint8 NHWC pixels and the same normalized as float NCHW (ImageNet stats)."""
-    from fuse_export.contract import IMAGENET_MEAN, IMAGENET_STD
-
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(n, image_size, image_size, 3), dtype=np.uint8)
-    mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
-    x = (pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std
-    return pixels, np.ascontiguousarray(x, dtype=np.float32)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, formats: list[Format], out_dir: str | os.PathLike,
@@ -171,9 +160,7 @@ def _run_artifact(backend: Backend, path: Path, checkpoint: Path, pre: Preproces
         path.unlink(missing_ok=True)
         raise ExportError(f"cannot verify {path.name}: {why}")
     with backend.factory(path, checkpoint, pre, None, embed) as runner:
-        name = runner.contract.input_names[0]
-        parts = [runner.infer({name: inputs[i:i + chunk]}) for i in range(0, len(inputs), chunk)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in runner.contract.output_names}
+        return run_all(runner, inputs, chunk)
 
 
 def _accuracy(outputs: dict[str, np.ndarray], labels: np.ndarray) -> float:

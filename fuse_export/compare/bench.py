@@ -34,7 +34,7 @@ def eval_inputs(pre: Preprocessing, data: str | None, limit: int | None = None, 
                 fmt: str = "fer2013-csv") -> EvalInputs:
     """The data's evaluation split through the eval transform, or seeded random images without data."""
     from fuse_export.data.registry import load_dataset
-    from fuse_export.data.transforms import eval_pixels_transform
+    from fuse_export.data.transforms import eval_pixels_transform, normalize_pixels
 
     if data:
         ds = load_dataset(fmt, data)
@@ -52,10 +52,8 @@ def eval_inputs(pre: Preprocessing, data: str | None, limit: int | None = None, 
         n = limit or 64
         pixels = rng.integers(0, 256, size=(n, 3, pre.image_size, pre.image_size), dtype=np.uint8)
         labels, source = None, f"{n} random images (seed {seed})"
-    mean = np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(pre.std, np.float32).reshape(1, 3, 1, 1)
-    as_float = ((pixels.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
-    return EvalInputs(np.ascontiguousarray(as_float), np.ascontiguousarray(pixels.transpose(0, 2, 3, 1)), labels, source)
+    nhwc = np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
+    return EvalInputs(normalize_pixels(nhwc, pre), nhwc, labels, source)
 
 
 def run_all(runner: Runner, inputs: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:

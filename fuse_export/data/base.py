@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from fuse_export.errors import DataError
+
+
+@contextlib.contextmanager
+def csv_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn decoding, CSV-syntax and I/O errors while reading `path` into one-line DataErrors."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"not a text CSV file ({exc.reason})") from None
+    except csv.Error as exc:
+        raise DataError(path, f"malformed CSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot read the file ({exc.strerror or exc})") from None
+
 
 SPLITS = ("train", "val", "test")
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from fuse_export.contract import FER2013_CLASSES
 from fuse_export.data.badfiles import BadFiles
-from fuse_export.data.base import FerDataset, Split
+from fuse_export.data.base import FerDataset, Split, csv_errors
 from fuse_export.errors import DataError
 
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
@@ -95,7 +95,7 @@ def read_fer2013_rows(path: str | os.PathLike, bad: BadFiles | None = None) -> F
     labels: list[int] = []
     usages: list[str] = []
     lines: list[int] = []
-    try:
+    with csv_errors(path):
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
@@ -120,12 +120,6 @@ def read_fer2013_rows(path: str | os.PathLike, bad: BadFiles | None = None) -> F
                 labels.append(label)
                 usages.append(usage)
                 lines.append(line)
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"not a text CSV file ({exc.reason})") from None
-    except csv.Error as exc:
-        raise DataError(path, f"malformed CSV ({exc})") from None
-    except OSError as exc:
-        raise DataError(path, f"cannot read the file ({exc.strerror or exc})") from None
     return Fer2013Rows(
         images=np.stack(images).reshape(-1, 48, 48) if images else np.zeros((0, 48, 48), np.uint8),
         labels=np.asarray(labels, dtype=np.int64),

@@ -23,7 +23,7 @@ import numpy as np
 
 from fuse_export.data import options as opt
 from fuse_export.data.badfiles import BadFiles, keep_good_images
-from fuse_export.data.base import SPLITS, FerDataset, Split
+from fuse_export.data.base import SPLITS, FerDataset, Split, csv_errors
 from fuse_export.data.fer2013 import USAGE_TO_SPLIT, read_fer2013_rows
 from fuse_export.errors import DataError
 
@@ -75,7 +75,7 @@ def read_votes(path: Path, bad: BadFiles) -> tuple[list[str], list[str], np.ndar
     names: list[str] = []
     votes: list[list[int]] = []
     lines: list[int] = []
-    try:
+    with csv_errors(path):
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
@@ -106,12 +106,6 @@ def read_votes(path: Path, bad: BadFiles) -> tuple[list[str], list[str], np.ndar
                 names.append(name)
                 votes.append(counts)
                 lines.append(line)
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"not a text CSV file ({exc.reason})") from None
-    except csv.Error as exc:
-        raise DataError(path, f"malformed CSV ({exc})") from None
-    except OSError as exc:
-        raise DataError(path, f"cannot read the file ({exc.strerror or exc})") from None
     arr = np.asarray(votes, dtype=np.int64).reshape(-1, len(VOTE_COLUMNS))
     empty = sum(1 for u, n in zip(usages, names) if u and not n)
     return usages, names, arr, lines, empty

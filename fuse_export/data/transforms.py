@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from torchvision import transforms as T
 
 from fuse_export.contract import Preprocessing
@@ -30,3 +31,11 @@ def eval_transform(pre: Preprocessing) -> T.Compose:
 def eval_pixels_transform(pre: Preprocessing) -> T.Compose:
     """Eval geometry only (resize + center crop), for graphs that take raw uint8 pixels."""
     return T.Compose([T.Resize(pre.resize_size), T.CenterCrop(pre.image_size), T.PILToTensor()])
+
+
+def normalize_pixels(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """uint8 RGB [N, H, W, 3] -> float32 [N, 3, H, W], exactly as ToTensor + Normalize in the eval transform."""
+    mean = np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(pre.std, np.float32).reshape(1, 3, 1, 1)
+    x = pixels.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(((x - mean) / std).astype(np.float32))

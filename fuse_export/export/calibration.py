@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fuse_export.contract import Preprocessing
+from fuse_export.data.transforms import normalize_pixels as normalize  # noqa: F401  (re-exported)
 from fuse_export.errors import DataError, UserError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -35,14 +36,6 @@ class CalibrationSet:
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "images": int(len(self.pixels)), "held_out": int(len(self.held_out))}
-
-
-def normalize(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:
-    """uint8 RGB [N, H, W, 3] -> float32 [N, 3, H, W], exactly as ToTensor + Normalize in the eval transform."""
-    mean = np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(pre.std, np.float32).reshape(1, 3, 1, 1)
-    x = pixels.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
-    return np.ascontiguousarray(((x - mean) / std).astype(np.float32))
 
 
 def random_pixels(pre: Preprocessing, n: int, seed: int = 1234) -> np.ndarray:
