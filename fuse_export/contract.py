@@ -86,17 +86,35 @@ def io_contract(embed_preprocessing: bool = False) -> IOContract:
     return IO_CONTRACT_UINT8 if embed_preprocessing else IO_CONTRACT
 
 
+COLOR_MODES = ("rgb", "gray")
+# "resize-crop": resize the short side to image_size * resize_ratio, then center-crop image_size (keeps aspect).
+# "squash": resize the whole frame to image_size x image_size (SCN's released code; distorts non-square frames).
+GEOMETRIES = ("resize-crop", "squash")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """What a client must do to an image before the model sees it (and what the model carries with it)."""
+    """What a client must do to an image before the model sees it (and what the model carries with it).
+
+    The one definition of deployed preprocessing. Order: decode, apply EXIF orientation, convert to the colour
+    mode ("gray": luma, ITU-R 601-2 as PIL's convert("L"), replicated to 3 channels; "rgb": RGB), apply the
+    geometry at bilinear+antialias (PIL's resize), scale to [0, 1], normalize by mean/std.
+    """
 
     image_size: int
     class_names: tuple[str, ...] = FER2013_CLASSES
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    # Eval: resize the short side to image_size * resize_ratio, then center-crop (the seed's 256 -> 224).
+    # Eval with "resize-crop": resize the short side to image_size * resize_ratio, then center-crop.
     resize_ratio: float = 256 / 224
-    channels: str = field(default="RGB")
+    color_mode: str = field(default="rgb")
+    geometry: str = field(default="resize-crop")
+
+    def __post_init__(self) -> None:
+        if self.color_mode not in COLOR_MODES:
+            raise ValueError(f"color_mode {self.color_mode!r}: choose from {', '.join(COLOR_MODES)}")
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry {self.geometry!r}: choose from {', '.join(GEOMETRIES)}")
 
     @property
     def num_classes(self) -> int:
@@ -104,6 +122,9 @@ class Preprocessing:
 
     @property
     def resize_size(self) -> int:
+        """Short-side size before the center crop ("resize-crop"); the input size itself for "squash"."""
+        if self.geometry == "squash":
+            return self.image_size
         return int(round(self.image_size * self.resize_ratio))
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,11 +135,48 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        # Artifacts written before color_mode/geometry existed were RGB with resize + center crop.
+        legacy_mode = "gray" if str(d.get("channels", "RGB")).upper() in ("L", "GRAY") else "rgb"
         return cls(
             image_size=int(d["image_size"]),
             class_names=tuple(d["class_names"]),
             mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
             std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
             resize_ratio=float(d.get("resize_ratio", 256 / 224)),
-            channels=str(d.get("channels", "RGB")),
+            color_mode=str(d.get("color_mode", legacy_mode)),
+            geometry=str(d.get("geometry", "resize-crop")),
         )
+
+
+def check_outputs(outputs: dict[str, Any], *, atol: float = 1e-3) -> list[str]:
+    """Violations of the output contract in one batch of outputs (name -> numpy array); empty when it holds.
+
+    Checked: every output present with its contract shape rank, all values finite, probabilities in [0, 1]
+    summing to 1 per row (within `atol`, loose enough for fp16 graphs), confidence (alpha, a sigmoid) in
+    [0, 1]. A TorchScript file is code, so an edited one can return anything: callers turn a non-empty list
+    into an IntegrityError. Pure numpy, so the torch-free runtime can use it.
+    """
+    import numpy as np
+
+    problems: list[str] = []
+    for spec in _OUTPUTS:
+        if spec.name not in outputs:
+            problems.append(f"output {spec.name!r} is missing")
+            continue
+        arr = np.asarray(outputs[spec.name], dtype=np.float64)
+        if arr.ndim != len(spec.dims):
+            problems.append(f"output {spec.name!r} has rank {arr.ndim}, the contract says {len(spec.dims)}")
+        elif not np.isfinite(arr).all():
+            problems.append(f"output {spec.name!r} has non-finite values")
+    if problems:
+        return problems
+    probs = np.asarray(outputs["probabilities"], dtype=np.float64)
+    conf = np.asarray(outputs["confidence"], dtype=np.float64)
+    if probs.min(initial=0.0) < -atol or probs.max(initial=0.0) > 1 + atol:
+        problems.append(f"probabilities outside [0, 1] (min {probs.min():.4g}, max {probs.max():.4g})")
+    sums = probs.sum(axis=1)
+    if sums.size and np.abs(sums - 1).max() > atol:
+        problems.append(f"probabilities do not sum to 1 (worst row sums to {sums[np.abs(sums - 1).argmax()]:.6g})")
+    if conf.size and (conf.min() < -atol or conf.max() > 1 + atol):
+        problems.append(f"confidence outside (0, 1) (min {conf.min():.4g}, max {conf.max():.4g})")
+    return problems

@@ -39,3 +39,10 @@ class BackendUnavailable(UserError):
 
 class InputError(UserError):
     """An input given to a runner has the wrong name, shape or dtype."""
+
+
+class IntegrityError(UserError):
+    """An artifact fails its integrity or output contract: edited after export, outside its folder, or giving
+    outputs its contract rules out. Exit code 1 (the artifact is bad), not 2 (the command line is)."""
+
+    exit_code = 1
