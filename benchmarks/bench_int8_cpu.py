@@ -70,6 +70,15 @@ def train_model(work: Path, samples_per_class: int, epochs: int, size: int, seed
     return run_training(recipe, str(csv), work / "train", device="cpu", progress=False).best, csv
 
 
+def model_and_data(args, work: Path) -> tuple[Path, Path]:
+    """`--checkpoint/--data` when given, else a model trained here on generated faces (`--train-size` etc.)."""
+    if args.checkpoint is not None:
+        return args.checkpoint, args.data
+    print(f"training at {args.train_size}x{args.train_size}: {args.samples_per_class} faces per class, "
+          f"{args.epochs} epochs ...", flush=True)
+    return train_model(work, args.samples_per_class, args.epochs, args.train_size, args.seed)
+
+
 def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
@@ -172,12 +181,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if args.checkpoint is None:
-            print(f"training at {args.train_size}x{args.train_size}: {args.samples_per_class} faces per class, "
-                  f"{args.epochs} epochs ...", flush=True)
-            checkpoint, csv = train_model(work, args.samples_per_class, args.epochs, args.train_size, args.seed)
-        else:
-            checkpoint, csv = args.checkpoint, args.data
+        checkpoint, csv = model_and_data(args, work)
         acc = accuracy(checkpoint, csv, work, args.calibration_samples, args.calibration_method, args.int8_scheme,
                        args.threads)
         lat = latency(checkpoint, csv, work, args.size, args.calibration_samples, args.calibration_method,

@@ -14,7 +14,8 @@ the data loader's images/s alone (issue 6; target: fused >= 0.9x plain).
     python benchmarks/gpu_train_throughput.py                    # H200 target: 224x224, batch 256, bf16
     python benchmarks/gpu_train_throughput.py --device cpu --batch 8 --steps 3 --image-size 64  # smoke
 
-The GPU check imports `measure_train_throughput(...)`, which returns a JSON-ready dict.
+`measure_train_throughput(...)` returns a JSON-ready dict; benchmarks/gpu_check.py runs this script in a
+subprocess of its own (`--json FILE`) and puts the result in its report.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from fuse_export.contract import Preprocessing
 from fuse_export.data.base import Split
 from fuse_export.data.transforms import train_transform
 from fuse_export.model.fused import FusedFER, ModelConfig
+from fuse_export.runners.cuda_base import cuda_device
 from fuse_export.train.build import make_optimizer, training_network
 from fuse_export.train.distributed import DistContext
 from fuse_export.train.loaders import train_loader
@@ -137,6 +139,8 @@ def measure_train_throughput(device: str = "cuda", batch: int = 256, image_size:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     if dev.type == "cuda":
+        # set_device() refuses a CUDA device without an index ("cuda"): pin it to the current one first.
+        dev = cuda_device(str(dev))
         torch.cuda.set_device(dev)
     configure_backends(dev, deterministic=False)  # cudnn.benchmark on, as in training
     torch.manual_seed(0)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -22,8 +24,26 @@ app = typer.Typer(
 )
 
 
+# Packages of the `train` extra: the slim runtime install (`pip install -e .`) runs exported models without them.
+TRAIN_ONLY = ("torch", "torchvision", "onnx", "onnxscript", "safetensors")
+
+
+def train_only_missing(exc: ModuleNotFoundError) -> str | None:
+    """The `train`-extra package whose absence raised `exc`, or None (then it is a real error, not the slim install)."""
+    import importlib.util
+
+    top = (exc.name or "").partition(".")[0]
+    if top not in TRAIN_ONLY:
+        return None
+    try:
+        return top if importlib.util.find_spec(top) is None else None
+    except (ImportError, ValueError):  # sys.modules[top] is None: import of it blocked, as absent as it gets
+        return top
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a UserError into one line on stderr and exit code 2 (no traceback)."""
+    """Turn a UserError into one line on stderr and its exit code (2; 1 for an artifact that fails integrity),
+    and a file-system refusal (read-only folder, full disk, a folder where a file goes) into one line, exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -32,8 +52,43 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except ModuleNotFoundError as exc:
+            missing = train_only_missing(exc)
+            if missing is None:
+                raise
+            typer.echo(f"error: `fuse-export {fn.__name__.replace('_', '-')}` needs {missing}, which the slim runtime "
+                       "install leaves out: pip install 'fuse-export[train]'", err=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            if exc.errno is None or exc.errno == errno.EPIPE:
+                raise
+            typer.echo(f"error: {os_error_line(exc)}", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EACCES: "choose a location you may write to (or fix its permissions)",
+    errno.EPERM: "choose a location you may write to (or fix its permissions)",
+    errno.EROFS: "the file system is read-only; write elsewhere",
+    errno.EISDIR: "a folder is in the way where a file goes; remove it or choose another path",
+    errno.ENOTDIR: "a file is in the way where a folder goes; choose another path",
+    errno.EEXIST: "something is in the way; remove it or choose another path",
+    errno.ENOTEMPTY: "a non-empty folder is in the way; remove it or choose another path",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """'PATH: what the system said; the fix' for a refused read or write."""
+    where = exc.filename if exc.filename is not None else "?"
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    fix = _OS_FIXES.get(exc.errno or 0, "check the path and try again")
+    return f"{where}: {exc.strerror or exc}; {fix}"
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -43,7 +98,23 @@ def _int_list(text: str, option: str) -> list[int]:
         raise UserError(f"{option} {text!r}: expected comma-separated integers, e.g. 1,8,32") from None
     if not values or any(v < 1 for v in values):
         raise UserError(f"{option} {text!r}: expected positive integers, e.g. 1,8,32")
+    if max(values) > MAX_BATCH:
+        raise UserError(f"{option} {text!r}: at most {MAX_BATCH} (the exported batch axis' range)")
     return values
+
+
+MAX_BATCH = 4096  # the exported graphs' batch axis range (fuse_export.export.to_onnx.MAX_BATCH)
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    """Refuse an output file path that cannot be written, before any work: a folder, or under a file."""
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file path inside it instead")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
 
 
 def _key_values(items: list[str], option: str) -> dict[str, Any]:
@@ -62,10 +133,11 @@ def _key_values(items: list[str], option: str) -> dict[str, Any]:
     return out
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+def _run_device(text: str) -> str:
+    """--device of the commands that run a model: auto, cpu, cuda or cuda:N (a UserError otherwise)."""
+    from fuse_export.export.options import parse_device
+
+    return "auto" if text.strip().lower() == "auto" else str(parse_device(text))
 
 
 class Amp(str, Enum):
@@ -98,7 +170,7 @@ def train(
     data: Annotated[Optional[str], typer.Option(help="Data set path (overrides the recipe's data.path).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder for checkpoints and metrics.")] = Path("runs/train"),
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Override train.epochs.")] = None,
-    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    device: Annotated[str, typer.Option(help="Where to train: auto, cpu, cuda or cuda:N.")] = "auto",
     seed: Annotated[Optional[int], typer.Option(help="Override train.seed.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -106,7 +178,8 @@ def train(
     on_bad: Annotated[Optional[OnBad], typer.Option(help="Bad files: fail at the first, or skip and list them.")] = None,
     angles: Annotated[Optional[str], typer.Option(help="KDEF views, e.g. S,HL,HR (data.options.angles).")] = None,
     data_option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE into data.options, e.g. fold=3 (repeatable).")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(help="Trunk weights file, or 'imagenet' (torch hub cache).")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="Trunk weights file, or 'imagenet' (torch hub cache; downloaded if absent).")] = None,
+    offline: Annotated[bool, typer.Option(help="Never download weights (also FUSE_EXPORT_OFFLINE=1).")] = False,
     allow_partial_weights: Annotated[bool, typer.Option(help="Accept weights that fill only part of the trunk.")] = False,
     batch_size: Annotated[Optional[int], typer.Option(min=2, help="Override train.batch_size (the GLOBAL batch).")] = None,
     num_workers: Annotated[Optional[int], typer.Option(min=0, help="Override train.num_workers (per process).")] = None,
@@ -123,6 +196,10 @@ def train(
     from fuse_export.workflow import resolve_recipe
 
     r = load_recipe(resolve_recipe(recipe))
+    if offline:
+        from fuse_export.model.weights import OFFLINE_ENV
+
+        os.environ[OFFLINE_ENV] = "1"  # read where `imagenet` is resolved (also by torchrun's child processes)
     changes: dict[str, Any] = {}
     if epochs is not None:
         changes["epochs"] = epochs
@@ -139,7 +216,7 @@ def train(
     if pretrained is not None or allow_partial_weights:
         r = r.replace(model={"pretrained": r.model.pretrained if pretrained is None else pretrained,
                              "allow_partial_weights": allow_partial_weights or r.model.allow_partial_weights})
-    result = run_training(r, data, out, device=device.value, resume=resume, progress=progress)
+    result = run_training(r, data, out, device=_run_device(device), resume=resume, progress=progress)
     typer.echo(f"best checkpoint: {result.best} (epoch {result.best_epoch}); last: {result.last}")
 
 
@@ -147,13 +224,13 @@ def train(
 @user_errors
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `fuse-export train` (best.pt).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: torchscript,onnx,pt2,tensorrt (GPU).")] = "torchscript,onnx",
+    format: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: torchscript,onnx,pt2,openvino,tensorrt (GPU).")] = "torchscript,onnx",
     out: Annotated[Path, typer.Option(help="Output folder (artifacts + manifest.json).")] = Path("runs/export"),
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     static_batch: Annotated[bool, typer.Option(help="Fix the batch size instead of a dynamic batch axis.")] = False,
     batch: Annotated[int, typer.Option(min=1, help="Batch size of a --static-batch export.")] = 1,
     precision: Annotated[str, typer.Option(
-        help="Comma-separated: fp32, fp16, int8 (fp16/int8: onnx, tensorrt).")] = "fp32",
+        help="Comma-separated: fp32, fp16, int8 (fp16/int8: onnx, tensorrt; int8: openvino).")] = "fp32",
     embed_preprocessing: Annotated[bool, typer.Option(
         help="Take raw uint8 RGB [N, H, W, 3] and normalize inside the graph.")] = False,
     calibration_data: Annotated[Optional[Path], typer.Option(
@@ -164,21 +241,47 @@ def export(
     int8_scheme: Annotated[Int8Scheme, typer.Option(
         help="int8 Q/DQ types: u8s8 (fast on ONNX Runtime CPU), s8s8 (TensorRT); auto: s8s8 with --format "
              "tensorrt.")] = Int8Scheme.auto,
+    force: Annotated[bool, typer.Option(
+        help="Replace OUT whole when it holds another checkpoint's artifacts.")] = False,
+    atol: Annotated[Optional[float], typer.Option(
+        min=0.0, help="Bound on |Δ| of probabilities and confidence (default per precision); recorded.")] = None,
+    rtol: Annotated[Optional[float], typer.Option(
+        min=0.0, help="Add rtol*|reference| to the bound (default 0); recorded in the manifest.")] = None,
+    keep_failed: Annotated[bool, typer.Option(
+        help="Keep an artifact that fails parity on disk (NAME.failed.EXT), out of the manifest.")] = False,
+    verify_data: Annotated[Optional[Path], typer.Option(
+        help="Images to verify on (any data-set format, or a folder of images). Default: the calibration "
+             "data, else the data the checkpoint was trained on, else noise (with a warning).")] = None,
+    verify_data_format: Annotated[Optional[str], typer.Option(
+        help="Format of --verify-data (default: fer2013-csv for a .csv, else a folder of images).")] = None,
+    verify_samples: Annotated[int, typer.Option(min=1, help="How many images to verify on.")] = 64,
+    simplify: Annotated[bool, typer.Option(
+        help="Simplify the fp32 ONNX graph with onnxslim (needs the `simplify` extra).")] = False,
+    optimize: Annotated[bool, typer.Option(
+        help="torch.onnx.export's graph optimizer; --no-optimize when it breaks a graph.")] = True,
+    device: Annotated[Optional[str], typer.Option(
+        help="Where GPU formats (TensorRT) are built and verified: cuda or cuda:N.")] = None,
 ) -> None:
-    """Export to TorchScript and/or ONNX; every artifact is verified against eager PyTorch."""
-    from fuse_export.export.formats import parse_formats, parse_precisions
-    from fuse_export.workflow import export_checkpoint
+    """Export to TorchScript, ONNX, ...; every artifact is verified against eager PyTorch (exit 1 if one fails)."""
+    from fuse_export.export.options import ExportOptions, VerifyOptions, parse_device
+    from fuse_export.pipeline import export as export_api
 
-    result = export_checkpoint(checkpoint, parse_formats(format), out, opset=opset, static_batch=static_batch,
-                               batch=batch, precisions=parse_precisions(precision),
-                               embed_preprocessing=embed_preprocessing, calibration_data=calibration_data,
-                               calibration_samples=calibration_samples,
-                               calibration_method=CalibrationMethod(calibration_method).value,
-                               int8_scheme=Int8Scheme(int8_scheme).value)
-    for a in result.artifacts:
+    options = ExportOptions(opset=opset, static_batch=static_batch, batch=batch,
+                            embed_preprocessing=embed_preprocessing, calibration_data=calibration_data,
+                            calibration_samples=calibration_samples,
+                            calibration_method=CalibrationMethod(calibration_method).value,
+                            int8_scheme=Int8Scheme(int8_scheme).value, simplify=simplify, optimize=optimize,
+                            device=parse_device(device))
+    verify = VerifyOptions(atol=atol, rtol=rtol, keep_failed=keep_failed, data=verify_data,
+                           data_format=verify_data_format, samples=verify_samples)
+    manifest = export_api(checkpoint, format, precision, out, options, verify, force=force)
+    for name in manifest.parity:
+        a = next(x for x in manifest.artifacts if x["file"] == name)
         typer.echo(f"{a['format']:<12} {a['precision']:<5} {out / a['file']}  ({a['size_bytes'] / 1e6:.1f} MB, "
                    f"sha256 {a['sha256'][:12]})")
-    typer.echo(f"manifest: {result.manifest}")
+    typer.echo(f"manifest: {manifest.path}")
+    if manifest.reference is not None:
+        typer.echo(f"reference: {manifest.reference}  (fuse-export bench {out} --reference {manifest.reference})")
 
 
 @app.command()
@@ -190,25 +293,63 @@ def bench(
     warmup: Annotated[int, typer.Option(min=0)] = 5,
     iterations: Annotated[int, typer.Option(min=1)] = 30,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads for every backend.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="FER-2013 CSV: parity and accuracy on its test split.")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        help="A data set (any supported format): parity and accuracy on its test split.")] = None,
+    data_format: Annotated[Optional[str], typer.Option(
+        help="Format of --data (default: fer2013-csv for a .csv, image-folder for a folder).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Eager reference (default: the manifest's).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON here.")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV line per row here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Also plot latency and throughput vs batch (PNG).")] = None,
+    min_time: Annotated[float, typer.Option(min=0.0, help="Minimum timed seconds per row (adaptive count).")] = 1.0,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds across all rows.")] = 3,
+    reference: Annotated[Optional[Path], typer.Option(
+        help="Compare against saved results (reference.npz) instead of running the checkpoint.")] = None,
+    save_results: Annotated[Optional[Path], typer.Option(
+        help="Save the inputs and reference outputs (.npz) for a later --reference.")] = None,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="Override the parity bound (see export).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="Relative part of the parity bound.")] = None,
+    device: Annotated[Optional[str], typer.Option(
+        help="cpu: CPU backends only; cuda or cuda:N: the CUDA backends, on that GPU.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    verify: Annotated[bool, typer.Option(help="Check every artifact against its manifest sha256 first.")] = True,
 ) -> None:
-    """Latency, throughput, parity against eager, and accuracy for every backend available here."""
-    from fuse_export.compare.bench import run_bench
-    from fuse_export.compare.report import bench_json, bench_table, table_console
-    from fuse_export.fileio import write_json
-    from fuse_export.runners.registry import parse_backends
+    """Latency, throughput, parity and accuracy for every backend available here (exit 1 on a parity failure)."""
+    from fuse_export.compare.bench import BenchOptions
+    from fuse_export.compare.report import bench_csv, bench_json, bench_plot, bench_table, table_console
+    from fuse_export.export.options import parse_device
+    from fuse_export.fileio import atomic_open, write_json
+    from fuse_export.pipeline import bench as bench_api
 
     sizes = _int_list(batch_sizes, "--batch-sizes")
-    report = run_bench(folder, parse_backends(backends), sizes, warmup, iterations, threads, data,
-                       str(checkpoint) if checkpoint else None, progress=progress)
+    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (plot, "--plot"), (save_results, "--save-results")):
+        if path is not None:
+            _check_output_file(path, option)
+    if checkpoint is not None:  # a refused or broken file is the command line's problem (exit 2), found up front
+        from fuse_export.train.checkpoint import read_checkpoint
+
+        read_checkpoint(checkpoint)
+    keys = tuple(k.strip().lower() for k in backends.split(",") if k.strip()) if backends else None
+    opts = BenchOptions(keys, tuple(sizes), warmup, iterations, min_time, rounds, threads, data, data_format,
+                        checkpoint=str(checkpoint) if checkpoint else None,
+                        reference=str(reference) if reference else None,
+                        save_results=str(save_results) if save_results else None, atol=atol, rtol=rtol,
+                        device=parse_device(device), verify=verify)
+    report = bench_api(folder, opts, progress=progress)
     table_console().print(bench_table(report))
     if json_out:
         write_json(json_out, bench_json(report, {"batch_sizes": sizes, "warmup": warmup, "iterations": iterations,
-                                                 "threads": threads}))
+                                                 "min_time_s": min_time, "rounds": rounds, "threads": threads,
+                                                 "atol": atol, "rtol": rtol, "device": opts.device}))
         typer.echo(f"json: {json_out}")
+    if csv_out:
+        with atomic_open(csv_out, "w") as fh:
+            fh.write(bench_csv(report))
+        typer.echo(f"csv: {csv_out}")
+    if plot:
+        typer.echo(f"plot: {bench_plot(report, plot)}")
+    if save_results:
+        typer.echo(f"results: {save_results}  (fuse-export bench {folder} --reference {save_results})")
     if report.failures():
         for r in report.failures():
             typer.echo(f"error: {r.parity.explain() if r.parity is not None else r.reason}", err=True)
@@ -253,17 +394,47 @@ def triton_repo(
     out: Annotated[Path, typer.Option(help="Model repository folder to write.")] = Path("triton-repo"),
     max_batch_size: Annotated[int, typer.Option(min=1, help="Triton max_batch_size of every model.")] = 32,
     instances: Annotated[int, typer.Option(min=1, help="Model instances (instance_group count).")] = 1,
-    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace OUT (a model repository) if it exists.")] = False,
+    verify: Annotated[bool, typer.Option(help="Check every artifact against its manifest sha256 first.")] = True,
 ) -> None:
     """A Triton Inference Server model repository (config.pbtxt, labels, model files) from an export folder."""
     from fuse_export.triton_repo import build_triton_repo
 
-    result = build_triton_repo(artifacts_dir, out, max_batch_size, instances, force)
+    result = build_triton_repo(artifacts_dir, out, max_batch_size, instances, force, verify)
     for m in result.models:
         typer.echo(f"{m.name:<24} {m.platform:<18} {m.config}")
     for file, why in result.skipped:
         typer.echo(f"skipped {file}: {why}")
     typer.echo(f"repository: {out}  (tritonserver --model-repository {out})")
+
+
+@app.command()
+@user_errors
+def serve(
+    export_dir: Annotated[Path, typer.Argument(help="An export folder (with manifest.json) or one artifact file.")],
+    backend: Annotated[str, typer.Option(help="Backend key, or auto (the same choice as `predict`).")] = "auto",
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="KServe v2 HTTP port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="KServe v2 gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch per request and per merged batch.")] = 32,
+    max_queue_delay_us: Annotated[int, typer.Option(min=0, help="Dynamic batching: how long a request may wait "
+                                                                "for others to join its batch.")] = 500,
+    dynamic_batching: Annotated[bool, typer.Option(help="Merge concurrent requests into batches.")] = True,
+    instances: Annotated[int, typer.Option(min=1, help="Model instances (runners working in parallel).")] = 1,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads per runner.")] = None,
+    drain_timeout: Annotated[int, typer.Option(min=0, help="Seconds in-flight requests get after SIGTERM.")] = 30,
+) -> None:
+    """Serve an export inside a real Triton Inference Server (PyTriton): KServe v2 HTTP/gRPC, metrics."""
+    from fuse_export.serve import ServeOptions, serve_forever
+
+    opts = ServeOptions(backend=None if backend == "auto" else backend, host=host, http_port=http_port,
+                        grpc_port=grpc_port, metrics_port=metrics_port, max_batch_size=max_batch_size,
+                        max_queue_delay_us=max_queue_delay_us, dynamic_batching=dynamic_batching,
+                        instances=instances, threads=threads, drain_timeout_s=drain_timeout)
+    code = serve_forever(export_dir, opts, echo=typer.echo)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -276,20 +447,23 @@ def predict(
     margin: Annotated[float, typer.Option(min=0.0, max=1.0, help="Face crop margin, share of the box.")] = 0.2,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    verify: Annotated[bool, typer.Option(help="Check the artifact against its manifest sha256 first.")] = True,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N: the fastest artifact there (default: "
+                                                       "the fastest anywhere).")] = None,
 ) -> None:
     """Emotion, probability and SCN confidence per photo, or per face with --detect-faces."""
     import json
 
-    from fuse_export.compare.report import table_console
-    from fuse_export.predict import predict_photos, predictions_table
+    from fuse_export.predict import predict_photos, predictions_console, predictions_table
 
-    sel, results = predict_photos(model, images, backend, detect_faces, margin, threads)
+    sel, results = predict_photos(model, images, backend, detect_faces, margin, threads, verify=verify,
+                                  device=device)
     if json_out:
         doc = {"model": str(sel.path or sel.checkpoint), "backend": sel.backend,
                "class_names": list(sel.pre.class_names), "results": [r.to_dict() for r in results]}
         typer.echo(json.dumps(doc, indent=2))
     else:
-        table_console().print(predictions_table(sel, results))
+        predictions_console().print(predictions_table(sel, results))
 
 
 class AuditSplit(str, Enum):
@@ -306,14 +480,14 @@ def audit_labels(
     split: Annotated[AuditSplit, typer.Option(help="Which split's labels to audit.")] = AuditSplit.train,
     top: Annotated[int, typer.Option(min=1, help="Rows of the table (the CSV holds every sample).")] = 20,
     out: Annotated[Optional[Path], typer.Option(help="Write every sample, most suspicious first, to this CSV.")] = None,
-    device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
+    device: Annotated[str, typer.Option(help="Where to run the model: auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
 ) -> None:
     """Rank samples by how likely their label is wrong (1 - P(given)), with SCN's alpha and relabel margin."""
     from fuse_export.audit import audit_checkpoint, audit_table, write_audit_csv
     from fuse_export.compare.report import table_console
 
-    audit = audit_checkpoint(checkpoint, data, split.value, batch_size=batch_size, device=device.value)
+    audit = audit_checkpoint(checkpoint, data, split.value, batch_size=batch_size, device=_run_device(device))
     table_console().print(audit_table(audit, top))
     if out is not None:
         write_audit_csv(audit, out)
@@ -341,12 +515,23 @@ def build_engine(
              "under ~/.cache/fuse-export/tensorrt).")] = None,
     opt_level: Annotated[int, typer.Option(min=0, max=5, help="TensorRT builder optimization level 0..5.")] = 3,
     verify: Annotated[bool, typer.Option(help="Check parity against eager PyTorch (or ONNX Runtime).")] = True,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="Override the parity bound (see export).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="Relative part of the parity bound.")] = None,
+    keep_failed: Annotated[bool, typer.Option(
+        help="Keep an engine that fails parity on disk (NAME.failed.engine), out of the manifest.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="The GPU to build and verify on: cuda or cuda:N.")] = None,
 ) -> None:
-    """Build a TensorRT engine (raw plan + JSON sidecar) from an ONNX file; needs TensorRT and a CUDA GPU."""
+    """Build a TensorRT engine (raw plan + JSON sidecar) from an ONNX file; needs TensorRT and a CUDA GPU.
+    Exit 1 when the engine fails parity, 2 on a user error."""
     from fuse_export.engines import build_engine_file, engine_summary
+    from fuse_export.export.options import VerifyOptions, parse_device
 
+    dev = parse_device(device)
+    if dev == "cpu":
+        raise UserError("--device cpu: TensorRT engines are built on a GPU; pass cuda or cuda:N")
     result = build_engine_file(model, out, precision.value if precision else None, batch, workspace_gb,
-                               timing_cache, opt_level, verify)
+                               timing_cache, opt_level, verify,
+                               VerifyOptions(atol=atol, rtol=rtol, keep_failed=keep_failed), dev)
     for line in engine_summary(result):
         typer.echo(line)
 
@@ -374,4 +559,27 @@ def doctor(
 def main() -> None:
     # Quiet the TorchScript deprecation chatter in every subprocess we might spawn (torch.jit is legacy upstream).
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    app()
+    sys.exit(run_app())
+
+
+def run_app(args: list[str] | None = None) -> int:
+    """Run the app; Click's usage errors (a value out of range, an unknown option) become one line, exit 2."""
+    try:  # typer >= 0.2x vendors Click as typer._click (its exceptions are not click's, and click is not installed)
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+        from typer.exceptions import Abort
+    except ImportError:
+        from click.exceptions import Abort, ClickException, NoArgsIsHelpError
+
+    try:
+        code = app(args=args, standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        return exc.exit_code
+    except ClickException as exc:
+        command = f" {exc.ctx.info_name}" if getattr(exc, "ctx", None) is not None and exc.ctx.parent else ""
+        typer.echo(f"error: {exc.format_message()} (see `fuse-export{command} --help`)", err=True)
+        return exc.exit_code
+    except Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    return code if isinstance(code, int) else 0

@@ -108,7 +108,9 @@ class Preprocessing:
     # Eval with "resize-crop": resize the short side to image_size * resize_ratio, then center-crop.
     resize_ratio: float = 256 / 224
     color_mode: str = field(default="rgb")
-    geometry: str = field(default="resize-crop")
+    # "squash" by measurement (benchmarks/compare_geometry.py, RESULTS.md): the best of the consistent pairs on
+    # validation; training squashed and deploying crops (the first release) was the worst.
+    geometry: str = field(default="squash")
 
     def __post_init__(self) -> None:
         if self.color_mode not in COLOR_MODES:

@@ -16,6 +16,7 @@ import subprocess
 from typing import Any
 
 from fuse_export import __version__
+from fuse_export.cpuinfo import TITLES, cpu_features
 
 
 def _dist_version(*names: str) -> tuple[str, str] | None:
@@ -91,6 +92,7 @@ def environment() -> dict[str, Any]:
         "fuse_export": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_features().to_dict(),
         "nvidia_driver": driver_version(),
         "torch": _torch_info(),
         "onnxruntime": _ort_info(),
@@ -118,6 +120,9 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
     """The environment as short human lines."""
     t, o, r = env["torch"], env["onnxruntime"], env["tensorrt"]
     lines = [f"fuse-export {env['fuse_export']}, Python {env['python']} on {env['platform']}"]
+    c = env["cpu"]  # the instruction sets that decide CPU speed (bf16 and int8 paths need the last four)
+    lines.append(f"CPU: {c['model']}, {c['logical_cpus']} logical CPUs; "
+                 + ", ".join(f"{TITLES[k]} {'yes' if v else 'no'}" for k, v in c["flags"].items()))
     if t.get("installed") is False:
         lines.append("torch: not installed")
     else:
@@ -140,11 +145,12 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
 
 def doctor_table(rows: list[dict[str, Any]]):
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="fuse-export backends on this machine")
     for col in ("Backend", "Device", "Precision", "Runs", "Usable", "Why not"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["backend"], r["device"], r["precision"], r["format"], "yes" if r["usable"] else "no",
-                      r["reason"])
+                      Text(r["reason"]))  # plain text: "pip install 'fuse-export[train]'" is not rich markup
     return table

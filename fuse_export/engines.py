@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fuse_export.compare.feed import make_runner
 from fuse_export.compare.parity import ParityResult, compare_outputs
+from fuse_export.compare.reference import REFERENCE_FILE, load_reference
 from fuse_export.contract import Preprocessing
-from fuse_export.errors import BackendUnavailable, ExportError, UserError
+from fuse_export.errors import BackendUnavailable, ParityError, UserError
 from fuse_export.export.manifest import MANIFEST, artifact_entry, read_manifest, write_manifest
+from fuse_export.export.options import VerifyOptions, failed_name
 from fuse_export.export.trt_api import ENGINE_PRECISIONS
 from fuse_export.export.trt_engine import (BatchProfile, build_engine, engine_path_for, manifest_extras,
                                            sidecar_path)
@@ -43,7 +46,14 @@ def require_tensorrt() -> None:
 def build_engine_file(onnx: str | os.PathLike, out: str | os.PathLike | None = None, precision: str | None = None,
                       batch: str | None = None, workspace_gb: float = 4.0,
                       timing_cache: str | os.PathLike | None = None, opt_level: int = 3,
-                      verify: bool = True) -> EngineResult:
+                      verify: bool = True, checks: VerifyOptions | None = None,
+                      device: str | None = None) -> EngineResult:
+    """Build and (with `verify`) check the engine against eager PyTorch, else ONNX Runtime on the same ONNX.
+
+    `checks`: --atol/--rtol overrides and --keep-failed (an engine failing parity is renamed *.failed.engine
+    instead of deleted); a parity failure raises ParityError (exit code 1). `device`: "cuda:N" to build on.
+    """
+    checks = checks or VerifyOptions()
     onnx = Path(onnx)
     if not onnx.is_file():
         raise UserError(f"{onnx}: no such ONNX file")
@@ -53,6 +63,10 @@ def build_engine_file(onnx: str | os.PathLike, out: str | os.PathLike | None = N
     if workspace_gb <= 0:
         raise UserError(f"--workspace-gb {workspace_gb}: expected a positive size in GiB")
     require_tensorrt()
+    if device and device.startswith("cuda:"):  # the builder works on the current CUDA device
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
     engine = Path(out) if out else engine_path_for(onnx)
     sidecar = build_engine(onnx, engine, precision, profile, workspace_gb, timing_cache, opt_level,
                            log=console.print)
@@ -61,7 +75,18 @@ def build_engine_file(onnx: str | os.PathLike, out: str | os.PathLike | None = N
     manifest = read_manifest(onnx.parent) if (onnx.parent / MANIFEST).is_file() else None
     entry = next((a for a in (manifest or {}).get("artifacts", []) if a["file"] == onnx.name), None)
     try:
-        parity, pre, embed = _verify(onnx, engine, sidecar, manifest, entry)
+        parity, pre, embed = _verify(onnx, engine, sidecar, manifest, entry, checks, device)
+    except ParityError as exc:
+        if not checks.keep_failed:
+            engine.unlink(missing_ok=True)
+            sidecar_path(engine).unlink(missing_ok=True)
+            raise
+        kept = engine.with_name(failed_name(engine.name))
+        os.replace(engine, kept)
+        if sidecar_path(engine).exists():
+            os.replace(sidecar_path(engine), sidecar_path(kept))
+        raise ParityError(f"{kept}: {str(exc).split(': ', 1)[-1].replace('; the engine was removed', '')}; kept on "
+                          "disk, not in the manifest") from None
     except BaseException:
         engine.unlink(missing_ok=True)
         sidecar_path(engine).unlink(missing_ok=True)
@@ -79,9 +104,10 @@ def build_engine_file(onnx: str | os.PathLike, out: str | os.PathLike | None = N
 
 
 def _verify(onnx: Path, engine: Path, sidecar: dict[str, Any], manifest: dict[str, Any] | None,
-            entry: dict[str, Any] | None) -> tuple[ParityResult, Preprocessing, bool]:
+            entry: dict[str, Any] | None, checks: VerifyOptions,
+            device: str | None) -> tuple[ParityResult, Preprocessing, bool]:
     from fuse_export.export.calibration import normalize, random_pixels
-    from fuse_export.export.to_onnx import read_onnx_metadata
+    from fuse_export.export.metadata import read_onnx_metadata
 
     meta = read_onnx_metadata(onnx)
     if manifest is not None:
@@ -94,7 +120,9 @@ def _verify(onnx: Path, engine: Path, sidecar: dict[str, Any], manifest: dict[st
     embed = bool(entry.get("embed_preprocessing")) if entry else meta.get("input_layout") == "uint8-nhwc"
     lo, hi = (int(v) for v in (sidecar["profile"]["min"][0], sidecar["profile"]["max"][0]))
     n = max(lo, min(VERIFY_IMAGES, hi))  # one batch the engine's profile accepts
-    pixels = random_pixels(pre, n)
+    pixels = _reference_pixels(onnx.parent, pre, n)  # the export's real verification images, when beside it
+    if pixels is None:
+        pixels = random_pixels(pre, n)
     floats = normalize(pixels, pre)
     feed = pixels if embed else floats
     checkpoint = Path(manifest["source_checkpoint"]["path"]) if manifest else None
@@ -106,14 +134,28 @@ def _verify(onnx: Path, engine: Path, sidecar: dict[str, Any], manifest: dict[st
     with ref_backend.factory(ref_path, checkpoint, pre, None, ref_embed) as runner:
         reference = runner.infer({runner.contract.input_names[0]: ref_feed})
     backend = backend_for("tensorrt", sidecar["precision"], "cuda")
-    with backend.factory(engine, checkpoint, pre, None, embed) as runner:
+    with make_runner(backend, engine, checkpoint, pre, None, embed, device) as runner:
         got = runner.infer({runner.contract.input_names[0]: feed})
-    parity = compare_outputs(backend.key, reference, got, sidecar["precision"])
+    parity = compare_outputs(backend.key, reference, got, sidecar["precision"], checks.atol, checks.rtol)
     console.print(f"  {parity.explain()} (reference: {ref_backend.title})")
     if not parity:
-        raise ExportError(f"{engine}: the TensorRT engine does not match {ref_backend.title}: {parity.explain()}; "
+        raise ParityError(f"{engine}: the TensorRT engine does not match {ref_backend.title}: {parity.explain()}; "
                           "the engine was removed")
     return parity, pre, embed
+
+
+def _reference_pixels(folder: Path, pre: Preprocessing, n: int):
+    """The first `n` uint8 images of the export's reference.npz (repeated up to n), or None without one."""
+    import numpy as np
+
+    path = folder / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        ref = load_reference(path, pre)
+    except UserError:
+        return None
+    return np.ascontiguousarray(ref.uint8_nhwc[np.arange(n) % len(ref.uint8_nhwc)])
 
 
 def engine_summary(result: EngineResult) -> list[str]:

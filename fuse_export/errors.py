@@ -46,3 +46,8 @@ class IntegrityError(UserError):
     outputs its contract rules out. Exit code 1 (the artifact is bad), not 2 (the command line is)."""
 
     exit_code = 1
+
+
+class ParityError(IntegrityError, ExportError):
+    """An artifact's outputs differ from the eager reference beyond the tolerance. Exit code 1, as every
+    artifact that fails verification (an ExportError too, so `except ExportError` still sees export failures)."""

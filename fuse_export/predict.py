@@ -2,8 +2,9 @@
 
 MODEL is an export folder or one artifact file. Preprocessing and class names come from the folder's
 manifest.json, or, for a file copied away from its folder, from the metadata embedded in the file. Each
-image (or face crop) goes through the recipe's eval transform (resize, center crop, normalize; or only the
-geometry for graphs that take uint8 pixels) and then through the backend's runner.
+image (or face crop) goes through the torch-free deployed preprocessing (`fuse_export.preprocess`: colour
+mode, geometry, normalize; only the first two for graphs that take uint8 pixels) and then through the backend's
+runner (`fuse_export.inference.Predictor`). Nothing here imports torch unless the chosen backend needs it.
 """
 
 from __future__ import annotations
@@ -13,18 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import BackendUnavailable, DataError, UserError
 from fuse_export.export.formats import FORMATS
-from fuse_export.export.manifest import MANIFEST, read_manifest
-from fuse_export.runners.registry import BACKENDS, REFERENCE
+from fuse_export.export.manifest import MANIFEST, read_manifest, verify_artifact
+from fuse_export.runners.registry import BACKENDS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 PREFERENCE = ("onnxruntime", "pt2", "torchscript")  # default backend order: fastest on CPU first
-BATCH = 32
+FAST_STARTUP_MAX = 32  # up to this many images, runners start fast rather than optimize for throughput
 
 
 @dataclass
@@ -74,7 +72,7 @@ def _artifact_file_format(path: Path) -> str:
 def _embedded_metadata(path: Path, fmt: str) -> dict[str, Any]:
     """The metadata every exporter writes into its file (for an artifact without its manifest)."""
     if fmt == "onnx":
-        from fuse_export.export.to_onnx import read_onnx_metadata
+        from fuse_export.export.metadata import read_onnx_metadata  # torch-free
 
         return read_onnx_metadata(path)
     if fmt == "torchscript":
@@ -85,13 +83,19 @@ def _embedded_metadata(path: Path, fmt: str) -> dict[str, Any]:
         from fuse_export.export.to_pt2 import load_pt2
 
         return load_pt2(path)[1]
+    if FORMATS[fmt].metadata_reader:  # formats whose table row names their reader
+        from fuse_export.export.formats import resolve
+
+        return resolve(FORMATS[fmt].metadata_reader)(path)
     raise UserError(f"{path}: no {MANIFEST} beside it, and its format {fmt!r} carries no readable metadata")
 
 
 def _pick(manifest: dict[str, Any], backend: str | None, file: str | None) -> dict[str, Any]:
     arts = [a for a in manifest["artifacts"] if file is None or a["file"] == file]
-    if backend:
-        arts = [a for a in arts if a.get("backend") == backend]
+    if backend:  # its own artifacts, or any of the format and precision it runs (openvino-bf16: the fp32 IR)
+        b = BACKENDS[backend]
+        arts = [a for a in arts if a.get("backend") == backend or (
+            b.format is not None and a.get("format") == b.format and a.get("precision", "fp32") == b.runs_precision)]
         if not arts:
             raise UserError(f"--backend {backend}: the export has no artifact for it "
                             f"(has: {', '.join(sorted({a.get('backend', '?') for a in manifest['artifacts']}))})")
@@ -101,33 +105,65 @@ def _pick(manifest: dict[str, Any], backend: str | None, file: str | None) -> di
                                        order.get(a.get("backend"), len(order))))
     reasons = []
     for a in arts:
-        b = BACKENDS.get(a.get("backend", ""))
+        b = BACKENDS.get(backend or a.get("backend", ""))
         ok, why = b.available() if b else (False, f"unknown backend {a.get('backend')!r}")
         if ok:
-            return a
+            return {**a, "backend": b.key}
         reasons.append(f"{a['file']}: {why}")
     raise BackendUnavailable(f"no artifact can run here ({'; '.join(reasons) or 'the manifest lists none'})")
 
 
-def select(model: str | os.PathLike, backend: str | None = None) -> Selected:
-    """Resolve MODEL (+ --backend) to what runs: a manifest artifact, a bare artifact, or the eager checkpoint."""
+def _embedded_classes(path: Path, fmt: str, pre: Preprocessing) -> Preprocessing:
+    """`pre` with the class list the artifact itself carries, when it can be read cheaply (ONNX metadata, the
+    TorchScript archive's extra file): the artifact's bytes are what was verified, manifest.json is a text file
+    anyone can edit, and a reordered list would silently swap labels."""
+    import dataclasses
+    import json
+    import zipfile
+
+    names = None
+    try:
+        if fmt == "onnx":
+            from fuse_export.export.metadata import read_onnx_metadata
+
+            names = read_onnx_metadata(path).get("class_names")
+        elif fmt in ("torchscript", "pt2") and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                extra = [n for n in z.namelist() if n.endswith("/extra/fuse_export.json")]
+                names = json.loads(z.read(extra[0])).get("class_names") if extra else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UserError):
+        return pre  # unreadable here: the runner's own load reports it
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names) and tuple(names) != pre.class_names:
+        return dataclasses.replace(pre, class_names=tuple(names))
+    return pre
+
+
+def select(model: str | os.PathLike, backend: str | None = None, verify: bool = True) -> Selected:
+    """Resolve MODEL (+ --backend) to what runs: a manifest artifact, a bare artifact, or the eager checkpoint.
+
+    With `verify`, the artifact that will run is checked against the manifest (sha256, companions, paths) before
+    it is used; only that one, so a cold start does not hash every other file of the folder.
+    """
     model = Path(model)
     if backend is not None and backend not in BACKENDS:
         raise UserError(f"--backend: unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if not model.exists():
         raise UserError(f"{model}: no such export folder or artifact file")
     folder = model if model.is_dir() else model.parent
-    manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else None
+    manifest = read_manifest(folder, verify=False) if (folder / MANIFEST).is_file() else None
     if manifest is not None and not model.is_dir() and all(a.get("file") != model.name for a in manifest["artifacts"]):
         manifest = None  # a file its folder's manifest does not list: trust only what the file itself says
     if manifest is not None:
         pre = Preprocessing.from_dict(manifest["preprocessing"])
         ckpt = Path(manifest["source_checkpoint"]["path"])
-        if backend == REFERENCE:
+        if backend is not None and BACKENDS[backend].format is None:  # eager backends run the checkpoint
             if not ckpt.is_file():
-                raise UserError(f"--backend {REFERENCE}: the source checkpoint {ckpt} is gone")
-            return Selected(REFERENCE, None, ckpt, pre, False)
+                raise UserError(f"--backend {backend}: the source checkpoint {ckpt} is gone")
+            return Selected(backend, None, ckpt, pre, False)
         art = _pick(manifest, backend, None if model.is_dir() else model.name)
+        if verify:
+            verify_artifact(folder, art, folder / MANIFEST)
+        pre = _embedded_classes(folder / art["file"], art.get("format", ""), pre)
         return Selected(art["backend"], folder / art["file"], ckpt, pre, bool(art.get("embed_preprocessing")),
                         bool(art.get("static_batch")))
     if model.is_dir():
@@ -159,30 +195,64 @@ def collect_images(paths: list[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def open_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(path, f"not an image Pillow can read ({exc.__class__.__name__})") from None
+# Backends tried, in order, for `load(..., device="cuda")` without a backend: fastest first.
+CUDA_PREFERENCE = ("tensorrt", "onnxruntime-cuda", "torchscript-cuda")
+
+
+def _select_on(model: str | os.PathLike, device: str, verify: bool) -> Selected:
+    """The fastest artifact of the export that runs on `device` here (the reasons, when none does)."""
+    keys = [k for k in CUDA_PREFERENCE if k in BACKENDS and BACKENDS[k].device == device]
+    keys += [k for k, b in BACKENDS.items() if b.device == device and b.format is not None and k not in keys]
+    if not keys:
+        raise UserError(f"device {device!r}: no backend runs there; choose from "
+                        f"{', '.join(sorted({b.device for b in BACKENDS.values()}))}")
+    reasons = []
+    for key in keys:
+        try:
+            return select(model, key, verify)
+        except UserError as exc:  # this backend has no artifact here, or cannot run: try the next one
+            reasons.append(str(exc))
+    raise BackendUnavailable(f"{model}: nothing runs on {device} here ({'; '.join(reasons)})")
+
+
+def select_for(model: str | os.PathLike, backend: str | None = None, device: str | None = None,
+               verify: bool = True) -> Selected:
+    """`select`, restricted to a device: "cpu", "cuda" or "cuda:N" (the index goes to the runner)."""
+    from fuse_export.export.options import parse_device
+
+    device = parse_device(device)
+    kind = device.split(":")[0] if device else None
+    if backend is not None or kind is None:
+        sel = select(model, backend, verify)
+        if kind is not None and BACKENDS[sel.backend].device != kind:
+            raise UserError(f"backend {sel.backend} runs on {BACKENDS[sel.backend].device}, not on {device!r}")
+        return sel
+    if kind == "cpu":
+        sel = select(model, None, verify)
+        return sel if BACKENDS[sel.backend].device == "cpu" else _select_on(model, "cpu", verify)
+    return _select_on(model, kind, verify)
 
 
 def predict_photos(model: str | os.PathLike, images: list[str | os.PathLike], backend: str | None = None,
                    detect_faces: bool = False, margin: float | None = None,
-                   threads: int | None = None) -> tuple[Selected, list[PhotoResult]]:
-    """Predict the emotion of each photo, or of each face in it."""
-    from fuse_export.data import faces as facelib
-    from fuse_export.data.transforms import eval_pixels_transform, eval_transform
+                   threads: int | None = None, verify: bool = True,
+                   device: str | None = None) -> tuple[Selected, list[PhotoResult]]:
+    """Predict the emotion of each photo, or of each face in it (`verify`: see `select`; `device`: cpu,
+    cuda or cuda:N, see `select_for`)."""
+    import numpy as np
 
-    sel = select(model, backend)
+    from fuse_export.inference import Predictor
+    from fuse_export.data import faces as facelib
+    from fuse_export.preprocess import model_pixel, open_image
+
+    sel = select_for(model, backend, device, verify)
     paths = collect_images(images)
     finder = facelib.FaceFinder() if detect_faces else None
     margin = facelib.DEFAULT_MARGIN if margin is None else margin
     pre = sel.pre
-    tf = eval_pixels_transform(pre) if sel.embed else eval_transform(pre)
     results, inputs, owners = [], [], []  # owners[i]: (result index, box) of inputs[i]
     for path in paths:
-        img = open_rgb(path)
+        img = open_image(path)
         result = PhotoResult(str(path), detected_faces=None)
         if finder is not None:
             boxes = finder.find(img)
@@ -191,32 +261,30 @@ def predict_photos(model: str | os.PathLike, images: list[str | os.PathLike], ba
         else:
             crops = [(img, None)]
         for im, box in crops:
-            x = tf(im).numpy()
-            inputs.append(np.ascontiguousarray(x.transpose(1, 2, 0)) if sel.embed else x)
+            inputs.append(model_pixel(im, pre))  # only the small model-size pixels are kept, not the photo
             owners.append((len(results), box))
         results.append(result)
     if inputs:
-        outs = _run(sel, np.stack(inputs), threads)
+        # A few images: a session that starts fast beats one optimized for throughput (see Runner.fast_startup).
+        with Predictor(sel, threads, fast_startup=len(inputs) <= FAST_STARTUP_MAX, device=device) as predictor:
+            out = predictor.predict_pixels(np.stack(inputs))
         for i, (owner, box) in enumerate(owners):
-            probs = outs["probabilities"][i]
+            probs = out.probabilities[i]
             k = int(probs.argmax())
             results[owner].predictions.append(FacePrediction(
                 None if box is None else box.as_list(), pre.class_names[k], float(probs[k]),
-                float(outs["confidence"][i].reshape(-1)[0]),
-                {c: float(p) for c, p in zip(pre.class_names, probs)}))
+                float(out.confidence[i]), {c: float(p) for c, p in zip(pre.class_names, probs)}))
     return sel, results
 
 
-def _run(sel: Selected, x: np.ndarray, threads: int | None) -> dict[str, np.ndarray]:
-    from fuse_export.compare.bench import run_all
+def predictions_console():
+    """A console wide enough for the table when stdout is a pipe (as the bench's `table_console`, without importing
+    the bench: predict's cold start pays for every import)."""
+    import sys
 
-    b = BACKENDS[sel.backend]
-    ok, why = b.available()
-    if not ok:
-        raise BackendUnavailable(f"backend {sel.backend}: {why}")
-    with b.factory(sel.path, sel.checkpoint, sel.pre, threads, sel.embed) as runner:
-        # A static-batch export takes exactly its batch; feed such files one image at a time.
-        return run_all(runner, x.astype(np.uint8 if sel.embed else np.float32), 1 if sel.static_batch else BATCH)
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=170)
 
 
 def predictions_table(sel: Selected, results: list[PhotoResult]):

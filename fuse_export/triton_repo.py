@@ -8,27 +8,30 @@ class names), so the names, types and shapes Triton checks are the ones the file
     REPO/<model>/1/model.onnx        onnxruntime_onnx
     REPO/<model>/1/model.pt          pytorch_libtorch (TorchScript)
     REPO/<model>/1/model.plan        tensorrt_plan
+    REPO/<model>/1/model.xml + .bin  backend "openvino" (OpenVINO IR; CPU only)
 
 The text is written by hand (no tritonclient needed at run time); the tests parse it with Triton's own
-ModelConfig protobuf schema. The repository is built in a temporary folder and renamed into place.
+ModelConfig protobuf schema. Artifacts are verified against manifest.json first; the repository is built
+beside OUT and swapped in whole (renameat2 RENAME_EXCHANGE on Linux, see fuse_export.fileio.swap_dir).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fuse_export.contract import BATCH_AXIS
-from fuse_export.errors import UserError
-from fuse_export.export.manifest import read_manifest
-from fuse_export.fileio import sha256_file
+from fuse_export.errors import IntegrityError, UserError
+from fuse_export.export.manifest import artifact_path, external_data_files, read_manifest
+from fuse_export.fileio import folder_lock, is_inside, remove_stale_siblings, sha256_file, stage_dir, swap_dir
 
 LABELS_FILE = "labels.txt"
 DEFAULT_MAX_BATCH = 32
+MAX_BATCH = 4096  # the exported ONNX batch axis' upper bound (fuse_export.export.to_onnx.MAX_BATCH)
+MAX_INSTANCES = 64
 MAX_QUEUE_DELAY_US = 100  # how long the dynamic batcher may hold a request to fill a batch
 
 
@@ -40,6 +43,7 @@ class Platform:
     model_file: str  # file name Triton looks for in the version folder (its default_model_filename)
     kind: str  # instance group kind: KIND_AUTO lets Triton use a GPU when it has one, else the CPU
     indexed_names: bool  # TorchScript files carry no tensor names: Triton's "<name>__<index>" convention
+    key: str = "platform"  # config.pbtxt field naming it: `platform`, or `backend` for backend-only runtimes
 
 
 # Keyed by the export format (fuse_export.export.formats). TensorRT plans exist only on GPUs.
@@ -47,6 +51,9 @@ PLATFORMS: dict[str, Platform] = {
     "onnx": Platform("onnxruntime_onnx", "model.onnx", "KIND_AUTO", False),
     "torchscript": Platform("pytorch_libtorch", "model.pt", "KIND_AUTO", True),
     "tensorrt": Platform("tensorrt_plan", "model.plan", "KIND_GPU", False),
+    # Triton's OpenVINO backend runs on CPUs only and reads model.bin beside model.xml. It has a bf16 switch
+    # (HINT_BF16) but no f32 one: on AVX512-BF16/AMX CPUs OpenVINO may then compute the fp32 IR in bf16.
+    "openvino": Platform("openvino", "model.xml", "KIND_CPU", False, key="backend"),
 }
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int64": "TYPE_INT64"}
 
@@ -123,7 +130,7 @@ def config_text(name: str, artifact: dict[str, Any], max_batch_size: int, instan
         f"# Written by fuse-export triton-repo from {artifact['file']} (sha256 {artifact['sha256'][:12]}, "
         f"{artifact.get('precision', 'fp32')}, {artifact['io']['layout']}).\n"
         f'name: "{name}"\n'
-        f'platform: "{p.platform}"\n'
+        f'{p.key}: "{p.platform}"\n'
         f"max_batch_size: {max_batch_size}\n"
         f'default_model_filename: "{p.model_file}"\n'
         + _tensor_block("input", artifact["io"]["inputs"], ins, set(), where)
@@ -142,7 +149,7 @@ def config_text(name: str, artifact: dict[str, Any], max_batch_size: int, instan
 
 
 def _servable(folder: Path, artifact: dict[str, Any]) -> str:
-    """Why an artifact cannot go into the repository ('' when it can)."""
+    """Why an artifact cannot go into the repository ('' when it can). Its bytes were checked by read_manifest."""
     if artifact.get("format") not in PLATFORMS:
         return f"format {artifact.get('format')!r} has no Triton platform here (served: {', '.join(PLATFORMS)})"
     if artifact.get("static_batch"):
@@ -150,58 +157,97 @@ def _servable(folder: Path, artifact: dict[str, Any]) -> str:
     path = folder / artifact["file"]
     if not path.is_file():
         return f"{path} is listed in manifest.json but missing; re-export it"
-    if sha256_file(path) != artifact.get("sha256"):
-        return f"{path} differs from its manifest sha256; re-export it"
     return ""
 
 
-def build_triton_repo(artifacts_dir: str | os.PathLike, out: str | os.PathLike, max_batch_size: int = DEFAULT_MAX_BATCH,
-                      instances: int = 1, force: bool = False) -> RepoResult:
-    """Write a model repository for every servable artifact of an export folder; atomically."""
-    folder, out = Path(artifacts_dir), Path(out)
-    if max_batch_size < 1 or instances < 1:
-        raise UserError(f"--max-batch-size ({max_batch_size}) and --instances ({instances}) must be >= 1")
-    manifest = read_manifest(folder)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+def _check_out(folder: Path, out: Path, manifest: dict[str, Any], force: bool) -> None:
+    """Refuse an OUT that would lose data: a file, a non-empty folder without --force, or (even with --force) a
+    folder holding the export itself, its checkpoint, or anything that is not a model repository."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder; choose a folder path")
+    if is_inside(out, folder):
+        raise UserError(f"--out {out}: inside the export folder {folder}; choose a folder outside it")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
         raise UserError(f"{out} already exists and is not empty; pass --force to replace it")
+    ckpt = Path(manifest["source_checkpoint"]["path"])
+    for source in (folder, ckpt):
+        if source.exists() and is_inside(source, out):
+            raise UserError(f"--out {out}: holds {source}, the source of this repository; --force would delete it. "
+                            "Choose another --out")
+    foreign = [p for p in (*out.glob("*"), *out.glob("*/*")) if p.name == "manifest.json" or p.suffix == ".pt"]
+    if foreign:
+        raise UserError(f"--out {out}: holds {foreign[0]}, which a model repository does not (an export folder or "
+                        "a training run?); --force replaces only repositories. Choose another --out")
+
+
+def build_triton_repo(artifacts_dir: str | os.PathLike, out: str | os.PathLike, max_batch_size: int = DEFAULT_MAX_BATCH,
+                      instances: int = 1, force: bool = False, verify: bool = True) -> RepoResult:
+    """Write a model repository for every servable artifact of an export folder; atomically.
+
+    Every artifact is checked against its manifest sha256 first (`verify`), and each copy again after copying.
+    The repository is built beside OUT under the parent folder's lock and swapped in whole (fileio.swap_dir):
+    the old repository stays usable until the new one is in place, and a kill leaves one or the other.
+    """
+    folder, out = Path(artifacts_dir), Path(out)
+    if not 1 <= max_batch_size <= MAX_BATCH:
+        raise UserError(f"--max-batch-size {max_batch_size}: must be 1..{MAX_BATCH} (the exported batch axis' range)")
+    if not 1 <= instances <= MAX_INSTANCES:
+        raise UserError(f"--instances {instances}: must be 1..{MAX_INSTANCES}")
+    manifest = read_manifest(folder, verify=verify)
+    _check_out(folder, out, manifest, force)
     result = RepoResult(out)
     names: dict[str, str] = {}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for artifact in manifest["artifacts"]:
-            why = _servable(folder, artifact)
-            if why:
-                result.skipped.append((artifact.get("file", "?"), why))
-                continue
-            name = model_name(artifact)
-            if name in names:
-                raise UserError(f"{folder}/manifest.json: {artifact['file']} and {names[name]} would both be "
-                                f"Triton model {name!r}")
-            names[name] = artifact["file"]
-            p = PLATFORMS[artifact["format"]]
-            model_dir = tmp / name
-            (model_dir / "1").mkdir(parents=True)
-            shutil.copyfile(folder / artifact["file"], model_dir / "1" / p.model_file)
-            (model_dir / LABELS_FILE).write_text("\n".join(manifest["class_names"]) + "\n", encoding="utf-8")
-            (model_dir / "config.pbtxt").write_text(
-                config_text(name, artifact, max_batch_size, instances, f"{folder}/manifest.json"), encoding="utf-8")
-            result.models.append(RepoModel(name, artifact["file"], p.platform, out / name / "config.pbtxt"))
-        if not result.models:
-            reasons = "; ".join(f"{f}: {why}" for f, why in result.skipped) or "the manifest lists no artifacts"
-            raise UserError(f"{folder}: nothing Triton can serve ({reasons})")
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with folder_lock(out.parent):
+        remove_stale_siblings(out)
+        tmp = stage_dir(out)
+        try:
+            for artifact in manifest["artifacts"]:
+                why = _servable(folder, artifact)
+                if why:
+                    result.skipped.append((artifact.get("file", "?"), why))
+                    continue
+                name = model_name(artifact)
+                if name in names:
+                    raise UserError(f"{folder}/manifest.json: {artifact['file']} and {names[name]} would both be "
+                                    f"Triton model {name!r}")
+                names[name] = artifact["file"]
+                p = PLATFORMS[artifact["format"]]
+                model_dir = tmp / name
+                (model_dir / "1").mkdir(parents=True)
+                _copy_model(folder, artifact, model_dir / "1" / p.model_file, verify)
+                (model_dir / LABELS_FILE).write_text("\n".join(manifest["class_names"]) + "\n", encoding="utf-8")
+                (model_dir / "config.pbtxt").write_text(
+                    config_text(name, artifact, max_batch_size, instances, f"{folder}/manifest.json"), encoding="utf-8")
+                result.models.append(RepoModel(name, artifact["file"], p.platform, out / name / "config.pbtxt"))
+            if not result.models:
+                reasons = "; ".join(f"{f}: {why}" for f, why in result.skipped) or "the manifest lists no artifacts"
+                raise UserError(f"{folder}: nothing Triton can serve ({reasons})")
+            swap_dir(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` onto `target`; an old `target` is moved aside first and removed only after the swap."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _copy_model(folder: Path, artifact: dict[str, Any], dst: Path, verify: bool) -> None:
+    """Copy the artifact (and an ONNX file's external data, which lives beside it) and re-check the copy's hash,
+    so a file swapped between the check and the copy is caught too."""
+    src = artifact_path(folder, artifact["file"])
+    shutil.copyfile(src, dst)
+    if verify and sha256_file(dst) != artifact["sha256"]:
+        raise IntegrityError(f"{src}: changed while it was being copied (sha256 differs from {folder / 'manifest.json'}"
+                             "); re-run triton-repo")
+    for c in artifact.get("companions", []):  # e.g. an OpenVINO IR's .bin: same stem as the model file
+        comp = artifact_path(folder, c["file"])
+        target = dst.with_suffix(Path(c["file"]).suffix) if comp.stem == src.stem else dst.parent / comp.name
+        shutil.copyfile(comp, target)
+        if verify and sha256_file(target) != c["sha256"]:
+            raise IntegrityError(f"{comp}: changed while it was being copied; re-run triton-repo")
+    if artifact["format"] == "onnx":
+        for loc in external_data_files(src):
+            data = artifact_path(folder, loc)
+            if not is_inside(data, folder) or not data.is_file():
+                raise IntegrityError(f"{src}: its tensor data {loc!r} is missing or outside {folder}; re-export it")
+            (dst.parent / loc).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(data, dst.parent / loc)

@@ -23,7 +23,8 @@ def test_concrete_shapes():
 
 
 def test_preprocessing_round_trip_and_resize():
-    pre = Preprocessing(image_size=224, class_names=("a", "b"))
+    pre = Preprocessing(image_size=224, class_names=("a", "b"), geometry="resize-crop")
     assert pre.resize_size == 256
     assert Preprocessing.from_dict(pre.to_dict()) == pre
-    assert Preprocessing(image_size=64).resize_size == 73
+    assert Preprocessing(image_size=64, geometry="resize-crop").resize_size == 73
+    assert Preprocessing(image_size=64).geometry == "squash" and Preprocessing(image_size=64).resize_size == 64

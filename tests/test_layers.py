@@ -7,8 +7,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "fuse_export"
-RANK = {"errors": 0, "fileio": 0, "contract": 0, "progress": 0, "data": 1, "model": 2, "train": 3, "export": 4,
-        "runners": 5, "compare": 6, "cli": 9, "__main__": 9}
+# preprocess: the torch-free image decoding + preprocessing contract, below the data sets that share it.
+RANK = {"errors": 0, "fileio": 0, "contract": 0, "progress": 0, "cpuinfo": 0, "_callable": 0, "preprocess": 0, "data": 1, "model": 2, "train": 3,
+        "export": 4, "runners": 5, "compare": 6, "cli": 9, "__main__": 9}
+API_RANK = 8  # the package root re-exports the API: above the workflows, below the CLI
 WORKFLOW_RANK = 7  # top-level modules not named above (workflow, quickstart, predict, doctor, ...)
 
 
@@ -16,7 +18,7 @@ def layer_of(module: str) -> int:
     parts = module.split(".")
     assert parts[0] == "fuse_export"
     if len(parts) == 1:
-        return 0  # fuse_export/__init__: the version string only
+        return API_RANK  # fuse_export/__init__: the public API facade, re-exporting lazily
     return RANK.get(parts[1], WORKFLOW_RANK)
 
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from fuse_export.model.backbone import ResNet18Trunk
@@ -50,14 +51,15 @@ def test_embedded_preprocessing_matches_float_pipeline():
         torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-4)
 
 
-def test_stacker_learns_to_trust_the_better_head():
+@pytest.mark.parametrize("kind", ["interaction", "linear"])
+def test_stacker_learns_to_trust_the_better_head(kind):
     torch.manual_seed(0)
     n, c = 400, 4
     y = torch.randint(0, c, (n,))
-    good = torch.nn.functional.one_hot(y, c).float() * 0.9 + 0.025
-    bad = torch.softmax(torch.randn(n, c), 1)
-    st = Stacker(c)
-    feats = Stacker.features(bad, good, torch.rand(n, 1))
+    good = torch.log(torch.nn.functional.one_hot(y, c).float() * 0.9 + 0.025)  # logits of a good head
+    bad = torch.randn(n, c)
+    st = Stacker(c, kind)
+    feats = st.features(bad, good, torch.rand(n, 1))
     fit_stacker(st, feats, y)
     acc = (st.linear(feats).argmax(1) == y).float().mean()
     assert acc > 0.95

@@ -20,4 +20,10 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
         assert (out / rel).is_file(), rel
     doc = json.loads((out / "bench.json").read_text())
     ran = {r["backend"] for r in doc["rows"] if r["status"] == "ok"}  # the others: skipped, no artifact
-    assert doc["passed"] and ran == {"pytorch", "torchscript", "onnxruntime"}
+    from fuse_export.quickstart import quick_backends, quick_formats
+
+    expected = set(quick_backends(quick_formats()))
+    assert {"pytorch", "torchscript", "onnxruntime"} <= expected
+    assert doc["passed"] and ran == expected
+    manifest = json.loads((out / "export" / "manifest.json").read_text())
+    assert {a["format"] for a in manifest["artifacts"]} == {f.key for f in quick_formats()}

@@ -112,3 +112,16 @@ def test_export_format_tensorrt_builds_verifies_and_lists_the_engine(tiny_run, t
     files = {a["file"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
     assert {"model.onnx", "model.engine"} <= set(files)  # the ONNX it was built from comes with it
     assert files["model.engine"]["verification"]["passed"] and files["model.engine"]["tensorrt"]["sidecar"]
+
+
+def test_a_refused_timing_cache_is_replaced_not_silently_ignored(trt_folder, tmp_path):
+    """set_timing_cache() returns False for a cache TensorRT will not take: the build starts a fresh one, says
+    so, and writes the fresh cache over the bad file."""
+    from fuse_export.export.trt_engine import build_engine
+
+    bad = tmp_path / "timing.cache"
+    bad.write_bytes(b"not a TensorRT timing cache" * 64)
+    said: list[str] = []
+    side = build_engine(trt_folder / "model.onnx", tmp_path / "m.engine", None, None, 1.0, bad, 3, log=said.append)
+    assert any("refused this timing cache" in line for line in said), said
+    assert not side["timing_cache_reused"] and bad.read_bytes() != b"not a TensorRT timing cache" * 64

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from fuse_export.cli import app
 from fuse_export.contract import Preprocessing
-from fuse_export.errors import UserError
+from fuse_export.errors import IntegrityError, UserError
 from fuse_export.export.manifest import artifact_entry
 from fuse_export.fileio import sha256_file
 from fuse_export.triton_repo import PLATFORMS, build_triton_repo, config_text, preferred_batch_sizes
@@ -77,12 +77,18 @@ def test_uint8_fp16_and_tensorrt_entries_derive_their_configs(tmp_path):
 
 
 def test_unservable_artifacts_are_skipped_with_reasons_and_nothing_left_on_failure(export_copy, tmp_path):
-    (export_copy / "model.onnx").write_bytes(b"changed")  # no longer the verified file
+    onnx = (export_copy / "model.onnx").read_bytes()
+    (export_copy / "model.onnx").write_bytes(b"changed")  # no longer the verified file: refused, not skipped
+    with pytest.raises(IntegrityError, match="differs from its sha256"):
+        build_triton_repo(export_copy, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+    (export_copy / "model.onnx").write_bytes(onnx)
+    (export_copy / "model.torchscript").unlink()  # listed but missing: skipped with the reason
     result = build_triton_repo(export_copy, tmp_path / "repo")
-    assert [m.name for m in result.models] == ["fer_torchscript"]
-    assert result.skipped == [("model.onnx", f"{export_copy / 'model.onnx'} differs from its manifest sha256; "
-                                             "re-export it")]
-    (export_copy / "model.torchscript").unlink()
+    assert [m.name for m in result.models] == ["fer_onnx"]
+    assert result.skipped == [("model.torchscript", f"{export_copy / 'model.torchscript'} is listed in "
+                                                    "manifest.json but missing; re-export it")]
+    (export_copy / "model.onnx").unlink()
     with pytest.raises(UserError, match="nothing Triton can serve"):
         build_triton_repo(export_copy, tmp_path / "repo2")
     assert not (tmp_path / "repo2").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -9,7 +9,7 @@ from torchvision.models import resnet18, resnet34
 
 from fuse_export.errors import CheckpointError
 from fuse_export.model.backbone import ResNet18Trunk
-from fuse_export.model.weights import IMAGENET_FILE, load_backbone_weights
+from fuse_export.model.weights import IMAGENET_FILE, IMAGENET_URL_ENV, OFFLINE_ENV, load_backbone_weights
 
 SCN_INDEX = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
 
@@ -82,17 +82,26 @@ def test_safetensors_file(tmp_path, reference):
 
 
 def test_imagenet_from_the_torch_hub_cache_offline(tmp_path, reference, monkeypatch):
+    import hashlib
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # keep a real ~/.cache out of the test
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv(IMAGENET_URL_ENV, raising=False)
+    monkeypatch.setenv(OFFLINE_ENV, "1")
     with pytest.raises(CheckpointError) as err:
         load_backbone_weights(ResNet18Trunk(), "imagenet")
     message = str(err.value)
     assert IMAGENET_FILE in message and str(tmp_path / "torch" / "hub" / "checkpoints") in message
-    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message and "Nothing is downloaded" in message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message and "offline" in message
     cache = tmp_path / "home" / ".cache" / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
-    torch.save(dict(reference), cache / IMAGENET_FILE)  # the default cache is searched too
+    # The default cache is searched too. The file's name must carry its own sha256 prefix (it is checked), so
+    # this random file goes under a mirror name of its own.
+    torch.save(dict(reference), cache / "tmp.pth")
+    name = f"resnet18-{hashlib.sha256((cache / 'tmp.pth').read_bytes()).hexdigest()[:8]}.pth"
+    (cache / "tmp.pth").rename(cache / name)
+    monkeypatch.setenv(IMAGENET_URL_ENV, f"http://127.0.0.1:9/{name}")
     trunk = ResNet18Trunk()
     assert load_backbone_weights(trunk, "imagenet").complete
     assert_trunk_equals(trunk, reference)

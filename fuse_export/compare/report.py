@@ -1,9 +1,12 @@
-"""Bench reports for people (a rich table) and for scripts (JSON with machine and version info)."""
+"""Bench reports for people (a rich table, a PNG plot) and for scripts (JSON with machine and version info, CSV)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -19,6 +22,9 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "logical_cpus": os.cpu_count()}
+    from fuse_export.cpuinfo import cpu_features  # AVX2/AVX-512/VNNI/BF16/AMX: what decides CPU speed
+
+    info["cpu_features"] = cpu_features().to_dict()
     try:
         import torch
 
@@ -44,26 +50,27 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def bench_table(report: BenchReport) -> Table:
-    table = Table(title=f"fuse-export bench: {report.folder}  (inputs: {report.inputs})")
+    table = Table(title=f"fuse-export bench: {report.folder}  (inputs: {report.inputs}; reference: {report.reference})")
     for col, justify in (("Backend", "left"), ("Status", "left"), ("Prec", "left"), ("Size MB", "right"),
                          ("Batch", "right"), ("p50 ms", "right"), ("p90 ms", "right"), ("p99 ms", "right"),
-                         ("img/s", "right"), ("max|Δp|", "right"), ("top-1 agree", "right"), ("Accuracy", "right")):
+                         ("Calls", "right"), ("img/s", "right"), ("max|Δp|", "right"), ("max|Δconf|", "right"),
+                         ("top-1 agree", "right"), ("Accuracy", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in report.rows:
         status = r.status
         if r.parity is not None and not r.parity:
-            status = "PARITY FAIL"
-        if r.status != "ok":
-            table.add_row(r.title, status, r.precision, _fmt(r.size_mb, ".1f"), "-", "-", "-", "-", "-", "-", "-",
-                          r.reason[:60])
+            status = "PARITY FAIL: " + ",".join(r.parity.failed_outputs())
+        if r.status != "ok" or r.latency is None:
+            table.add_row(r.title, status, r.precision, _fmt(r.size_mb, ".1f"), "-", "-", "-", "-", "-", "-", "-", "-",
+                          "-", r.reason[:60])
             continue
-        lat = r.latency
-        assert lat is not None
+        lat, p = r.latency, r.parity
         table.add_row(
             r.title, status, r.precision, _fmt(r.size_mb, ".1f"), str(r.batch), f"{lat.median_ms:.2f}",
-            f"{lat.p90_ms:.2f}", f"{lat.p99_ms:.2f}", f"{r.images_per_s:.1f}",
-            _fmt(r.parity.max_abs_prob if r.parity else None, ".1e"),
-            _fmt(r.parity.top1_agreement * 100 if r.parity else None, ".2f") + "%",
+            f"{lat.p90_ms:.2f}", f"{lat.p99_ms:.2f}", str(lat.iterations), f"{r.images_per_s:.1f}",
+            _fmt(p.max_abs_prob if p is not None else None, ".1e"),
+            _fmt(p.max_abs_conf if p is not None else None, ".1e"),
+            _fmt(p.top1_agreement * 100 if p is not None else None, ".2f") + ("%" if p is not None else ""),
             _fmt(r.accuracy * 100 if r.accuracy is not None else None, ".2f") + ("%" if r.accuracy is not None else ""),
         )
     return table
@@ -75,9 +82,76 @@ def bench_json(report: BenchReport, settings: dict[str, Any]) -> dict[str, Any]:
     return {
         "folder": report.folder,
         "inputs": report.inputs,
+        "reference": report.reference,
         "settings": settings,
         "machine": machine_info(),
         "versions": tool_versions(),
         "rows": [r.to_dict() for r in report.rows],
         "passed": not report.failures(),
     }
+
+
+CSV_COLUMNS = ("backend", "title", "status", "precision", "file", "size_mb", "batch", "median_ms", "p90_ms", "p99_ms",
+               "mean_ms", "min_ms", "iterations", "rounds", "images_per_s", "max_abs_prob", "max_abs_conf",
+               "top1_agreement", "parity_passed", "accuracy", "reason")
+
+
+def bench_csv(report: BenchReport) -> str:
+    """One CSV line per (backend, batch) row, skipped and failed backends included (with their reason)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in report.rows:
+        lat, p = r.latency, r.parity
+        w.writerow({
+            "backend": r.backend, "title": r.title, "status": r.status, "precision": r.precision, "file": r.file or "",
+            "size_mb": r.size_mb, "batch": r.batch, "median_ms": lat and round(lat.median_ms, 4),
+            "p90_ms": lat and round(lat.p90_ms, 4), "p99_ms": lat and round(lat.p99_ms, 4),
+            "mean_ms": lat and round(lat.mean_ms, 4), "min_ms": lat and round(lat.min_ms, 4),
+            "iterations": lat and lat.iterations, "rounds": lat and lat.rounds,
+            "images_per_s": r.images_per_s and round(r.images_per_s, 2),
+            "max_abs_prob": None if p is None else p.max_abs_prob,
+            "max_abs_conf": None if p is None else p.max_abs_conf,
+            "top1_agreement": None if p is None else p.top1_agreement,
+            "parity_passed": "" if p is None else bool(p), "accuracy": r.accuracy, "reason": r.reason,
+        })
+    return buf.getvalue()
+
+
+def bench_plot(report: BenchReport, path: str | os.PathLike) -> Path:
+    """A PNG of median latency and throughput against batch size, one line per backend (matplotlib, lazily)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from fuse_export.errors import BackendUnavailable
+
+        raise BackendUnavailable("--plot needs matplotlib (pip install matplotlib)") from None
+    from fuse_export.fileio import atomic_path
+
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    for r in report.rows:
+        if r.status == "ok" and r.latency is not None and r.batch is not None and r.images_per_s:
+            series.setdefault(r.title, []).append((r.batch, r.latency.median_ms, r.images_per_s))
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for title, pts in series.items():
+        pts.sort()
+        batches = [b for b, _, _ in pts]
+        ax_lat.plot(batches, [m for _, m, _ in pts], marker="o", label=title)
+        ax_thr.plot(batches, [t for _, _, t in pts], marker="o", label=title)
+    for ax, label in ((ax_lat, "median latency per call (ms)"), (ax_thr, "throughput (images/s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_thr.legend(fontsize=8, loc="best")
+    fig.suptitle(f"fuse-export bench: {Path(report.folder).name} ({report.inputs})", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

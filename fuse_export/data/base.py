@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fuse_export.errors import DataError
 
@@ -30,6 +30,16 @@ def csv_errors(path: str | os.PathLike) -> Iterator[None]:
 
 
 SPLITS = ("train", "val", "test")
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file upright (EXIF orientation applied, as a phone's viewer shows it), as RGB.
+
+    Phones store the sensor's pixels and an orientation tag; without the transpose a portrait photo reaches
+    the model lying on its side.
+    """
+    with Image.open(path) as im:
+        return ImageOps.exif_transpose(im).convert("RGB")
 
 
 @dataclass
@@ -52,12 +62,12 @@ class Split:
         return int(self.labels.shape[0])
 
     def load(self, index: int) -> Image.Image:
-        """The image at `index` as an RGB PIL image (grayscale is replicated to 3 channels)."""
+        """The image at `index` as an upright RGB PIL image (grayscale replicated to 3 channels; the transforms
+        apply the model's colour mode)."""
         if self.images is not None:
             return Image.fromarray(self.images[index]).convert("RGB")
         assert self.paths is not None
-        with Image.open(self.paths[index]) as im:
-            return im.convert("RGB")
+        return open_image(self.paths[index])
 
     def name(self, index: int) -> str:
         if self.names is not None:
@@ -94,6 +104,9 @@ class FerDataset:
     class_names: tuple[str, ...]
     splits: dict[str, Split] = field(default_factory=dict)
     source: str = ""
+    # The colour of the set's images: "gray" for gray sources (FER-2013, FERPlus), so the model's preprocessing
+    # contract converts any input to gray; "rgb" for colour sets.
+    color_mode: str = "rgb"
     # What the loader left out under on_bad = "skip" ("where<TAB>problem" lines); the trainer writes bad_files.txt.
     bad_files: list[str] = field(default_factory=list)
     # Samples the format's own rules leave out, by reason (e.g. FERPlus' empty image names); not errors.

@@ -96,7 +96,8 @@ def read_fer2013_rows(path: str | os.PathLike, bad: BadFiles | None = None) -> F
     usages: list[str] = []
     lines: list[int] = []
     with csv_errors(path):
-        with open(path, newline="", encoding="utf-8") as fh:
+        # utf-8-sig: Excel writes a byte-order mark before the header; it is not part of the first column's name.
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None:
@@ -106,6 +107,10 @@ def read_fer2013_rows(path: str | os.PathLike, bad: BadFiles | None = None) -> F
             if missing:
                 raise DataError(path, f"missing column(s) {', '.join(missing)}; header is {','.join(columns)!r}, "
                                 "expected emotion,pixels,Usage", 1)
+            twice = [c for c in REQUIRED_COLUMNS if columns.count(c) > 1]
+            if twice:  # which one holds the data would be a guess
+                raise DataError(path, f"column {twice[0]!r} appears {columns.count(twice[0])} times in the header "
+                                f"{','.join(columns)!r}; keep one", 1)
             ie, ip, iu = (columns.index(c) for c in REQUIRED_COLUMNS)
             for row in reader:
                 line = reader.line_num
@@ -133,7 +138,7 @@ def load_fer2013_csv(path: str | os.PathLike, require_splits: tuple[str, ...] = 
     """Load Kaggle's fer2013.csv: Training -> train, PublicTest -> val, PrivateTest -> test."""
     bad = BadFiles(on_bad)
     rows = read_fer2013_rows(path, bad)
-    ds = FerDataset(name="fer2013", class_names=FER2013_CLASSES, source=str(path))
+    ds = FerDataset(name="fer2013", class_names=FER2013_CLASSES, source=str(path), color_mode="gray")  # 48x48 gray
     for usage, split in USAGE_TO_SPLIT.items():
         idx = np.flatnonzero(rows.usages == usage)
         ds.splits[split] = Split(labels=rows.labels[idx], images=rows.images[idx],

@@ -35,4 +35,6 @@ def load_fer2013_folders(path: str | os.PathLike, val_fraction: float = 0.1, see
     bad = BadFiles(on_bad)
     val_fraction = opt.fraction("val_fraction", val_fraction, 0.0, 0.5, open_low=True)
     seed = opt.integer("seed", seed)
-    return build_folder_dataset("fer2013-folders", Path(path), FER2013_CLASSES, FOLDER_ALIASES, val_fraction, seed, bad)
+    ds = build_folder_dataset("fer2013-folders", Path(path), FER2013_CLASSES, FOLDER_ALIASES, val_fraction, seed, bad)
+    ds.color_mode = "gray"  # the release's images are FER-2013's 48x48 gray faces
+    return ds

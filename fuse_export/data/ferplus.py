@@ -154,7 +154,7 @@ def load_ferplus(path: str | os.PathLike, mode: str = "majority", fer2013_csv: s
     usable = named & (hard >= 0)
     usage_arr = np.asarray(usages)
     split_rows = {split: np.flatnonzero(usable & (usage_arr == usage)) for usage, split in USAGE_TO_SPLIT.items()}
-    ds = FerDataset(name="ferplus", class_names=FERPLUS_CLASSES, source=str(votes_csv))
+    ds = FerDataset(name="ferplus", class_names=FERPLUS_CLASSES, source=str(votes_csv), color_mode="gray")  # FER-2013's pixels
     ds.skipped = {"empty image name": empty, "unknown or not a face": int((named & (hard < 0)).sum())}
 
     images: dict[str, np.ndarray] = {}

@@ -4,7 +4,10 @@ benchmark rows all derive from it (after Ultralytics' `export_formats()`)."""
 from __future__ import annotations
 
 import difflib
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fuse_export.errors import UserError
 
@@ -19,6 +22,12 @@ class Format:
     gpu: bool
     precisions: tuple[str, ...]
     options: frozenset[str]  # export options this format accepts with a non-default value
+    # Converted from this call's verified export of `source` (same precision), so exported after it, by
+    # `converter` ("module:function", called with (source file, target file, metadata) -> manifest extras).
+    source: str | None = None
+    converter: str | None = None
+    # "module:function" reading the metadata embedded in a file of this format (None: not readable alone).
+    metadata_reader: str | None = None
 
 
 FORMATS: dict[str, Format] = {
@@ -34,12 +43,24 @@ FORMATS: dict[str, Format] = {
         # A raw TensorRT plan built from the ONNX of the same precision (fuse_export.export.trt_engine); GPU only.
         Format("tensorrt", "TensorRT", "model.engine", "tensorrt", False, True, ("fp32", "fp16", "int8"),
                frozenset({"opset", "static_batch", "precision", "embed_preprocessing"})),
+        # OpenVINO IR (.xml + .bin) converted from the verified ONNX of the same precision by OpenVINO's own API.
+        Format("openvino", "OpenVINO IR", "model.xml", "openvino", True, False, ("fp32", "int8"),
+               frozenset({"opset", "static_batch", "precision", "embed_preprocessing"}), source="onnx",
+               converter="fuse_export.export.to_openvino:export_openvino",
+               metadata_reader="fuse_export.export.to_openvino:read_openvino_metadata"),
     )
 }
 
 ALIASES = {"ts": "torchscript", "jit": "torchscript", "ort": "onnx", "onnxruntime": "onnx"}
 ALIASES.update({"aoti": "pt2", "aotinductor": "pt2"})
 ALIASES.update({"trt": "tensorrt", "engine": "tensorrt"})
+ALIASES.update({"ov": "openvino", "ir": "openvino"})
+
+
+def resolve(ref: str) -> Callable[..., Any]:
+    """The function a table entry names as "module:function" (imported only when used)."""
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def parse_formats(text: str) -> list[Format]:

@@ -16,7 +16,8 @@ from fuse_export.errors import ExportError
 from fuse_export.export.trt_api import LayerInfo
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
-SENSITIVE_OPS = frozenset({"Sigmoid", "Softmax"})
+# LogSoftmax: the stacker reads log-probabilities; TensorRT parses it as a SOFTMAX layer plus a LOG.
+SENSITIVE_OPS = frozenset({"Sigmoid", "Softmax", "LogSoftmax"})
 # onnx.TensorProto data types (numbers, so that this table needs no onnx import).
 FLOAT, FLOAT16, DOUBLE, BFLOAT16 = 1, 10, 11, 16
 FLOAT_TYPES = frozenset({FLOAT, FLOAT16, DOUBLE, BFLOAT16})
@@ -46,7 +47,7 @@ class OnnxInfo:
 
     @property
     def reduced_sensitive_ops(self) -> list[str]:
-        """Sigmoid/Softmax nodes that compute below fp32 (they cost parity in an fp16 engine)."""
+        """Sigmoid/(Log)Softmax nodes that compute below fp32 (they cost parity in an fp16 engine)."""
         return [n for n, t in self.sensitive_ops.items() if t not in ("float32", "float64")]
 
     def summary(self) -> str:
@@ -75,7 +76,7 @@ def _elem_types(model) -> dict[str, int]:
 
 
 def _layer(node, types: dict[str, int]) -> LayerInfo:
-    if node.op_type == "Softmax":
+    if node.op_type in ("Softmax", "LogSoftmax"):
         kind, act = "SOFTMAX", None
     elif node.op_type in _ACTIVATIONS:
         kind, act = "ACTIVATION", _ACTIVATIONS[node.op_type]

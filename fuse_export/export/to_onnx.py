@@ -12,15 +12,32 @@ from typing import Any
 import torch
 
 from fuse_export.contract import BATCH_AXIS, IOContract
-from fuse_export.errors import ExportError
+from fuse_export.errors import ExportError, UserError
 from fuse_export.fileio import atomic_path
 
 DEFAULT_OPSET = 18
+MIN_OPSET = 18  # torch's exporter implements 18 and up; its down-conversion fails on this model and keeps 18
 MAX_BATCH = 4096
 
 
+def check_opset(opset: int) -> None:
+    """Refuse an opset this exporter cannot write, before anything is exported."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise UserError(f"--opset {opset}: this exporter writes opsets {MIN_OPSET}..{newest} (onnx "
+                        f"{onnx.__version__}); choose one in that range (default {DEFAULT_OPSET})")
+
+
+def written_opset(model: Any) -> int:
+    """The default-domain opset an ONNX ModelProto declares."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), -1)
+
+
 def export_onnx(view: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike, contract: IOContract,
-                metadata: dict[str, Any], opset: int = DEFAULT_OPSET, static_batch: bool = False) -> None:
+                metadata: dict[str, Any], opset: int = DEFAULT_OPSET, static_batch: bool = False,
+                optimize: bool = True) -> None:
     """Export, embed metadata, run onnx.checker, write atomically.
 
     The dynamic batch axis comes from the contract; the example must have batch >= 2, since torch.export
@@ -43,12 +60,15 @@ def export_onnx(view: torch.nn.Module, example: torch.Tensor, path: str | os.Pat
             program = torch.onnx.export(
                 view.eval(), (example,), dynamo=True, input_names=contract.input_names,
                 output_names=contract.output_names, opset_version=opset, dynamic_shapes=dynamic_shapes,
-                external_data=False, verbose=False, optimize=True,
+                external_data=False, verbose=False, optimize=optimize,  # --no-optimize: when the optimizer breaks a graph
             )
     except Exception as exc:
         raise ExportError(f"ONNX export failed at opset {opset} ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}); try another --opset") from None
     model = program.model_proto
+    if written_opset(model) != opset:  # torch falls back to its own opset when a conversion fails, silently
+        raise ExportError(f"ONNX export asked for opset {opset} but torch wrote opset {written_opset(model)}; "
+                          f"use --opset {written_opset(model)}")
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key = key
@@ -57,17 +77,3 @@ def export_onnx(view: torch.nn.Module, example: torch.Tensor, path: str | os.Pat
     onnx.checker.check_model(model, full_check=True)
     with atomic_path(path) as tmp:
         onnx.save_model(model, str(tmp))
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """metadata_props of an ONNX file, JSON values decoded."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    out: dict[str, Any] = {}
-    for p in model.metadata_props:
-        try:
-            out[p.key] = json.loads(p.value)
-        except json.JSONDecodeError:
-            out[p.key] = p.value
-    return out

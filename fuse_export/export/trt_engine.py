@@ -228,6 +228,29 @@ def _pin_fp32(trt, network) -> list[str]:
     return [infos[i].name for i in pinned]
 
 
+def attach_timing_cache(config, blob: bytes, cache_file: Path, log=print) -> bytes:
+    """Give the builder config the timing cache `blob` (b"" for a fresh one); returns the blob in use.
+
+    `set_timing_cache(cache, ignore_mismatch=False)` returns False when it refuses a cache written by another
+    TensorRT build or GPU (and `create_timing_cache` may return None for an unreadable blob): the build would
+    then run without the cache we think it has, so start a fresh one and say so; refusing an empty cache too
+    is an error.
+    """
+    if blob:
+        try:
+            cache = config.create_timing_cache(blob)
+        except Exception:  # noqa: BLE001 - some releases raise instead of returning None for a damaged blob
+            cache = None
+        if cache is not None and config.set_timing_cache(cache, False):  # False: refuse a mismatched cache
+            return blob
+        log(f"warning: {cache_file}: TensorRT refused this timing cache (another TensorRT version or GPU, or a "
+            "damaged file); building with a fresh one, which replaces it")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise ExportError(f"TensorRT could not attach an empty timing cache to the builder config ({cache_file})")
+    return b""
+
+
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, precision: str | None = None,
                  profile: BatchProfile | None = None, workspace_gb: float = 4.0,
                  timing_cache: str | os.PathLike | None = None, opt_level: int = 3,
@@ -271,7 +294,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
     config.add_optimization_profile(opt_profile)
     cache_file = Path(timing_cache) if timing_cache else timing_cache_path(cache_root(), api.version, gpu)
     blob = cache_file.read_bytes() if cache_file.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(blob), False)  # False: refuse a mismatched cache
+    blob = attach_timing_cache(config, blob, cache_file, log)
 
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)

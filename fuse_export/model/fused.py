@@ -24,6 +24,7 @@ class ModelConfig:
     scn_dropout: float = 0.0
     # False: the SCN head gets its own trunk (an ablation; the paper shares one).
     shared_backbone: bool = True
+    stacker: str = "linear"  # the stacker's feature set (model/stacker.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -38,6 +39,8 @@ class ModelConfig:
             dcnn_dropout=float(d.get("dcnn_dropout", 0.5)),
             scn_dropout=float(d.get("scn_dropout", 0.0)),
             shared_backbone=bool(d.get("shared_backbone", True)),
+            # Checkpoints written before the choice existed hold the linear stacker.
+            stacker=str(d.get("stacker", "linear")),
         )
 
 
@@ -48,7 +51,7 @@ class HeadOutputs(NamedTuple):
 
 
 class FusedFER(nn.Module):
-    """Backbone -> (DCNN head, SCN head) -> stacker over [softmax(dcnn), softmax(scn), alpha]."""
+    """Backbone -> (DCNN head, SCN head) -> stacker over both heads' (log-)probabilities and alpha."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -57,21 +60,27 @@ class FusedFER(nn.Module):
         self.scn_backbone = None if config.shared_backbone else ResNet18Trunk()
         self.dcnn = DCNNHead(FEATURE_DIM, config.num_classes, config.dcnn_hidden, config.dcnn_dropout)
         self.scn = SCNHead(FEATURE_DIM, config.num_classes, config.scn_dropout)
-        self.stacker = Stacker(config.num_classes)
+        self.stacker = Stacker(config.num_classes, config.stacker)
 
-    def forward_heads(self, x: torch.Tensor) -> HeadOutputs:
-        """One backbone pass (when shared) feeding both heads."""
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk's 512-d features for the DCNN head and for the SCN head (the same tensor when shared)."""
         feat = self.backbone(x)
-        scn_feat = feat if self.scn_backbone is None else self.scn_backbone(x)
+        return feat, (feat if self.scn_backbone is None else self.scn_backbone(x))
+
+    def heads(self, feat: torch.Tensor, scn_feat: torch.Tensor) -> HeadOutputs:
         scn_logits, alpha = self.scn(scn_feat)
         return HeadOutputs(self.dcnn(feat), scn_logits, alpha)
 
+    def forward_heads(self, x: torch.Tensor) -> HeadOutputs:
+        """One backbone pass (when shared) feeding both heads."""
+        return self.heads(*self.features(x))
+
     def stack(self, heads: HeadOutputs) -> torch.Tensor:
         """Fused logits from the heads' outputs."""
-        return self.stacker(torch.softmax(heads.dcnn_logits, 1), torch.softmax(heads.scn_logits, 1), heads.alpha)
+        return self.stacker(heads.dcnn_logits, heads.scn_logits, heads.alpha)
 
     def stacking_features(self, heads: HeadOutputs) -> torch.Tensor:
-        return Stacker.features(torch.softmax(heads.dcnn_logits, 1), torch.softmax(heads.scn_logits, 1), heads.alpha)
+        return self.stacker.features(heads.dcnn_logits, heads.scn_logits, heads.alpha)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         heads = self.forward_heads(x)
@@ -79,17 +88,32 @@ class FusedFER(nn.Module):
         return logits, torch.softmax(logits, dim=1), heads.alpha
 
 
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """Float RGB pixel values [N, 3, H, W] in 0..255 -> gray [N, 1, H, W], bit-exact to PIL's convert("L").
+
+    PIL computes (R*19595 + G*38470 + B*7471 + 0x8000) >> 16. Here each weight is divided by 2^16 first: every
+    term and partial sum is a multiple of 2^-16 below 256, which float32's 24-bit significand holds exactly,
+    so floor(sum + 0.5) is PIL's integer; and no value exceeds 256, so graphs built in fp16 cannot overflow.
+    """
+    r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
+    return torch.floor(r * (19595.0 / 65536.0) + g * (38470.0 / 65536.0) + b * (7471.0 / 65536.0) + 0.5)
+
+
 class ExportView(nn.Module):
     """The exported interface (see `fuse_export.contract`): image -> (logits, probabilities, confidence).
 
-    With `embed_preprocessing`, the input is raw uint8 RGB [N, H, W, 3] and the conversion to normalized
-    float NCHW happens inside the graph, so a client passes pixels.
+    With `embed_preprocessing`, the input is raw uint8 RGB [N, H, W, 3] at the input size (the client applies
+    the contract's geometry) and the conversion to normalized float NCHW happens inside the graph, so a client
+    passes pixels. For a gray model (`color_mode == "gray"`) the graph first converts RGB to luma with PIL's
+    convert("L") arithmetic (ITU-R 601-2: 299/587/114 per 1000, rounded to an integer) and replicates it to
+    3 channels, so a colour photo gives what the model was trained on.
     """
 
     def __init__(self, model: FusedFER, preprocessing: Preprocessing | None = None) -> None:
         super().__init__()
         self.model = model
         self.embed_preprocessing = preprocessing is not None
+        self.gray = preprocessing is not None and preprocessing.color_mode == "gray"
         if preprocessing is not None:
             mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255.0
             std = torch.tensor(preprocessing.std).view(1, 3, 1, 1) * 255.0
@@ -98,5 +122,8 @@ class ExportView(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.embed_preprocessing:
-            image = (image.permute(0, 3, 1, 2).float() - self.pixel_mean) / self.pixel_std
+            x = image.permute(0, 3, 1, 2).float()
+            if self.gray:
+                x = luma(x).expand(-1, 3, -1, -1)
+            image = (x - self.pixel_mean) / self.pixel_std
         return self.model(image)

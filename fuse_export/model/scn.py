@@ -26,6 +26,14 @@ def rank_regularization(alpha: torch.Tensor, beta: float = 0.7, margin: float = 
     return torch.clamp(margin - (a[high].mean() - a[low].mean()), min=0.0)
 
 
+def local_low_mask(global_alpha: torch.Tensor, beta: float, offset: int, count: int) -> torch.Tensor:
+    """Which of the `count` rows at `offset` of a global batch fall in its low-importance group."""
+    _, low = split_by_importance(global_alpha.detach(), beta)
+    mask = torch.zeros(global_alpha.reshape(-1).shape[0], dtype=torch.bool, device=global_alpha.device)
+    mask[low] = True
+    return mask[offset:offset + count]
+
+
 @torch.no_grad()
 def relabel(
     weighted_logits: torch.Tensor,
@@ -34,21 +42,25 @@ def relabel(
     margin: float = 0.2,
     beta: float = 0.7,
     scope: str = "low",
+    low_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SCN relabeling: where P_max - P_given > margin, the new label is the argmax.
 
     `scope="low"` restricts it to the low-importance group, as the paper describes; `scope="all"` applies it
-    to every sample, as the authors' released code does. Returns (new targets, bool mask of changed samples).
+    to every sample, as the authors' released code does. `low_mask` (bool [N]) gives the low group when it was
+    ranked over more than these samples (the global batch of a distributed step); by default it is ranked
+    within them. Returns (new targets, bool mask of changed samples).
     """
     probs = torch.softmax(weighted_logits.float(), dim=1)
     p_max, pred = probs.max(dim=1)
     p_given = probs.gather(1, targets.view(-1, 1)).squeeze(1)
     candidates = (p_max - p_given) > margin
     if scope == "low":
-        _, low = split_by_importance(alpha, beta)
-        in_low = torch.zeros_like(candidates)
-        in_low[low] = True
-        candidates &= in_low
+        if low_mask is None:
+            _, low = split_by_importance(alpha, beta)
+            low_mask = torch.zeros_like(candidates)
+            low_mask[low] = True
+        candidates &= low_mask.to(candidates.device)
     elif scope != "all":
         raise ValueError(f"relabel scope must be 'low' or 'all', not {scope!r}")
     changed = candidates & (pred != targets)

@@ -3,7 +3,9 @@
 Files are read without unpickling arbitrary objects (safetensors, or `torch.load(weights_only=True)`).
 Layouts in circulation, all mapped onto torchvision's names by small named mappers:
 - torchvision's ImageNet file `resnet18-f37072fd.pth` (plain names, 1000-way `fc.*` to drop); `imagenet`
-  finds it in the local torch hub cache, offline (nothing is downloaded);
+  takes it from the torch hub cache after checking its sha256 against the prefix in its name, or downloads it
+  there through torchvision's weights API (progress bar, hash check) unless offline (`FUSE_EXPORT_OFFLINE=1`,
+  `--offline`); `FUSE_EXPORT_IMAGENET_URL` overrides where it comes from (a mirror; the tests' local server);
 - MS-Celeb-1M `ijba_res18_naive.pth.tar` (the SCN authors' file): `{'state_dict': ...}` with `module.` keys
   and face-recognition layers `feature.*` / `fc.*` to drop;
 - MS-Celeb-1M `resnet18_msceleb.pth` (DAN, DACL, RUL): `{'state_dict': ...}` with plain torchvision names;
@@ -15,9 +17,11 @@ SCN authors' own loader silently loaded nothing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +34,9 @@ from fuse_export.errors import CheckpointError
 IMAGENET_FILE = "resnet18-f37072fd.pth"
 IMAGENET_URL = f"https://download.pytorch.org/models/{IMAGENET_FILE}"
 IMAGENET_NAMES = ("imagenet", "torchvision-imagenet")  # model.pretrained values that mean "the hub cache file"
+IMAGENET_URL_ENV = "FUSE_EXPORT_IMAGENET_URL"  # a mirror of the file; its name must keep the sha256 prefix
+OFFLINE_ENV = "FUSE_EXPORT_OFFLINE"  # 1: never download; a missing file is an error naming where to put it
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: name-<sha256 prefix>.ext
 
 # SCN's Res18Feature wraps the torchvision children in `features`: 0 conv1, 1 bn1, 4..7 layer1..4.
 _SCN_FEATURES = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
@@ -107,23 +114,99 @@ def hub_checkpoint_dirs() -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def find_imagenet_weights() -> Path:
-    """torchvision's ImageNet ResNet-18 file from the local hub cache; never downloads."""
+def offline_requested() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def imagenet_url() -> str:
+    """Where `imagenet` downloads from: FUSE_EXPORT_IMAGENET_URL, else torchvision's ResNet18_Weights URL."""
+    return os.environ.get(IMAGENET_URL_ENV) or IMAGENET_URL
+
+
+def check_hash_in_name(path: Path) -> None:
+    """A file named name-<sha256 prefix>.ext must hash to that prefix (torch.hub checks only at download)."""
+    m = _HASH_IN_NAME.search(path.name)
+    if not m:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(m.group(1)):
+        raise CheckpointError(f"{path}: corrupt or replaced: its sha256 starts {digest.hexdigest()[:len(m.group(1))]}, "
+                              f"its name says {m.group(1)}; delete the file (it is downloaded again unless offline)")
+
+
+def find_imagenet_weights(offline: bool | None = None, progress: bool = True) -> Path:
+    """torchvision's ImageNet ResNet-18 file: from the hub cache (hash checked), else downloaded into it."""
+    url = imagenet_url()
+    name = Path(url.split("?", 1)[0]).name
     dirs = hub_checkpoint_dirs()
     for d in dirs:
-        if (d / IMAGENET_FILE).is_file():
-            return d / IMAGENET_FILE
-    raise CheckpointError(
-        f"ImageNet ResNet-18 weights not found: no {IMAGENET_FILE} in {', '.join(str(d) for d in dirs)}. "
-        f"Nothing is downloaded: fetch {IMAGENET_URL} on a machine with internet access and put it in {dirs[0]} "
-        "(or set model.pretrained to the file's path)")
+        if (d / name).is_file():
+            check_hash_in_name(d / name)
+            return d / name
+    where = (f"put {name} (from {url}) in {dirs[0]}, or set model.pretrained to the file's path "
+             "(--pretrained PATH)")
+    if offline_requested() if offline is None else offline:
+        raise CheckpointError(f"ImageNet ResNet-18 weights not found and offline ({OFFLINE_ENV}=1 / --offline): {where}")
+    _download(url, dirs[0], progress, where)
+    return dirs[0] / name
 
 
-def resolve_weights(spec: str | os.PathLike) -> Path:
-    """A weights file path from model.pretrained: a path, or `imagenet` for the hub cache file."""
+def _download(url: str, folder: Path, progress: bool, where: str) -> None:
+    """Fetch through torchvision's weights API (torch.hub: progress bar, sha256 prefix check, temporary file
+    renamed into place only when complete, so a failed or corrupt download leaves nothing in the cache)."""
+    import urllib.error
+
+    import torch.hub
+    from torchvision.models import ResNet18_Weights
+
+    kwargs = {"model_dir": str(folder), "progress": progress, "check_hash": True, "weights_only": True}
+    print(f"downloading ImageNet ResNet-18 weights from {url} into {folder}", file=sys.stderr)
+    try:
+        if url == ResNet18_Weights.IMAGENET1K_V1.url:
+            ResNet18_Weights.IMAGENET1K_V1.get_state_dict(**kwargs)
+        else:
+            torch.hub.load_state_dict_from_url(url, **kwargs)
+    except RuntimeError as exc:
+        if "invalid hash value" in str(exc):
+            raise CheckpointError(f"{url}: the download failed its sha256 check ({exc}); nothing was kept. "
+                                  f"Retry, or {where}") from None
+        raise CheckpointError(f"{url}: the download is not a readable weights file ({exc}); {where}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise CheckpointError(f"ImageNet ResNet-18 weights could not be downloaded from {url} ({reason}): "
+                              f"{where}") from None
+
+
+def resolve_weights(spec: str | os.PathLike, offline: bool | None = None) -> Path:
+    """A weights file path from model.pretrained: a path, or `imagenet` (the hub cache file, downloaded if absent
+    and not offline)."""
     if str(spec).lower() in IMAGENET_NAMES:
-        return find_imagenet_weights()
+        return find_imagenet_weights(offline)
     return Path(spec).expanduser()
+
+
+def describe_load_error(exc: BaseException, what: str = "PyTorch weights file") -> str:
+    """What a failed `torch.load(weights_only=True)` means, in one clause, without torch's advice to load with
+    weights_only=False (which would run whatever code the file carries)."""
+    text = str(exc)
+    unsafe = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+    if unsafe:
+        return (f"refused to load: the file holds a {unsafe.group(1)} object, not only tensors and plain data "
+                "(unpickling it could run code; nothing in it was run)")
+    if isinstance(exc, pickle.UnpicklingError):
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        why = detail.group(1).strip() if detail else "unknown content"
+        return (f"not a readable {what} (corrupt pickle data, or a pickle this safe loader refuses: {why}; "
+                "nothing in it was run)")
+    if isinstance(exc, EOFError) or "central directory" in text or "zip archive" in text:
+        return f"not a readable {what} (empty, truncated or corrupt: the file ends before its data does)"
+    if isinstance(exc, IsADirectoryError):
+        return "a folder, not a file"
+    first = text.splitlines()[0] if text else ""
+    return f"not a readable {what} ({type(exc).__name__}{': ' + first[:200] if first else ''})"
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -140,18 +223,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if unsafe:
-            raise CheckpointError(f"{path}: refused to load: the file holds a {unsafe.group(1)} object, not only tensors "
-                                  "and plain containers (loading it would run arbitrary code); re-save its "
-                                  "state_dict") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file (corrupt pickle data: "
-                              f"{detail.group(1).strip() if detail else text.splitlines()[0]})") from None
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError (zip), EOFError, OSError...
+        raise CheckpointError(f"{path}: {describe_load_error(exc)}; pass a weights file (a state dict of "
+                              "tensors, .pth/.pt or .safetensors)") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from fuse_export.contract import IOContract, Preprocessing, io_contract
-from fuse_export.errors import InputError
+from fuse_export.errors import InputError, IntegrityError, UserError
 
 
 class Runner(abc.ABC):
@@ -21,6 +21,9 @@ class Runner(abc.ABC):
         self.contract: IOContract = io_contract(embed_preprocessing)
         self.label = label or self.backend
         self.active = False
+        # Set before activate() for one-shot runs on a few images: a runtime that can trade load time for
+        # throughput (ONNX Runtime's layout-changing graph optimizations) loads fast instead. Others ignore it.
+        self.fast_startup = False
 
     @abc.abstractmethod
     def _activate(self) -> None: ...
@@ -33,7 +36,15 @@ class Runner(abc.ABC):
 
     def activate(self) -> Runner:
         if not self.active:
-            self._activate()
+            try:
+                self._activate()
+            except (UserError, ImportError):  # a missing package (the slim install's torch) is not a bad artifact
+                raise
+            except Exception as exc:  # a truncated, random or foreign file: the runtime's own error, in one line
+                where = getattr(self, "path", None) or self.label
+                first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:300]
+                raise IntegrityError(f"{where}: {self.label} cannot load it ({type(exc).__name__}: {first}); "
+                                     "re-export it") from None
             self.active = True
         return self
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import functools
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,17 @@ def cuda_status() -> tuple[bool, str]:
     return True, ""
 
 
+def cuda_device(name: str | int = "cuda"):
+    """A `torch.device` with an index: "cuda" (no index) means the current device. `torch.cuda.set_device`
+    and per-device queries refuse a CUDA device without an index."""
+    import torch
+
+    dev = torch.device("cuda", name) if isinstance(name, int) else torch.device(name)
+    if dev.type != "cuda":
+        raise ValueError(f"{name!r} is not a CUDA device")
+    return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
 def require_cuda() -> None:
     ok, why = cuda_status()
     if not ok:
@@ -48,18 +60,28 @@ def torch_dtype(name: str):
 class CudaRunner(Runner):
     """A runner whose model lives on a CUDA device."""
 
-    def __init__(self, pre: Preprocessing, device: str = "cuda:0", **kw) -> None:
+    def __init__(self, pre: Preprocessing, device: str = "cuda", **kw) -> None:
         super().__init__(pre, **kw)
-        self.device_name = device
+        self.device_name = device  # "cuda" = the current device; --device cuda:N picks another (bench.make_runner)
         self.device = None  # torch.device, set on activate (constructing a runner imports nothing heavy)
 
     def _activate(self) -> None:
+        require_cuda()
+        self.device = cuda_device(self.device_name)
         import torch
 
-        require_cuda()
-        self.device = torch.device(self.device_name)
         torch.cuda.set_device(self.device)
-        self._load()
+        try:
+            self._load()
+        except BaseException:
+            # activate() failed, so __exit__/deactivate() will never run: restore the global settings
+            # (TF32, cuDNN autotuning) a partial load changed, and free what it allocated, right here.
+            self._deactivate()
+            raise
+
+    def numerics(self) -> dict[str, Any]:
+        """The settings that decide this runner's arithmetic (precision, TF32, autotuning, layout), for reports."""
+        return {}
 
     @abc.abstractmethod
     def _load(self) -> None:

@@ -123,7 +123,7 @@ def _torchscript(key: str) -> Factory:
 
 def _ort(key: str, provider: str, precision: str) -> Factory:
     def make(artifact, checkpoint, pre, threads, embed) -> Runner:
-        from fuse_export.runners.cuda_runners import OrtGpuRunner
+        from fuse_export.runners.ort_gpu_runner import OrtGpuRunner
 
         return OrtGpuRunner(artifact, pre, provider=provider, precision=precision, embed_preprocessing=embed,
                             label=key)

@@ -17,7 +17,10 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _always() -> tuple[bool, str]:
+def _torch() -> tuple[bool, str]:
+    # Checked without importing torch (seconds): the slim runtime install has none, and says so.
+    if not _has("torch"):
+        return False, "torch not installed (the slim runtime install): pip install 'fuse-export[train]'"
     return True, ""
 
 
@@ -36,6 +39,12 @@ class Backend:
     precision: str
     availability: Callable[[], tuple[bool, str]]
     factory: Callable[..., Runner]
+    # Precision of the artifact it runs when that differs from its own (bf16 runs the fp32 IR / checkpoint).
+    artifact_precision: str | None = None
+
+    @property
+    def runs_precision(self) -> str:
+        return self.artifact_precision or self.precision
 
     def available(self) -> tuple[bool, str]:
         return self.availability()
@@ -71,6 +80,47 @@ def _ort_cpu_as(label: str) -> Callable[..., Runner]:
     return factory
 
 
+def _openvino() -> tuple[bool, str]:
+    if not _has("openvino"):
+        return False, "openvino not installed (pip install 'fuse-export[openvino]')"
+    return True, ""
+
+
+def _native_bf16() -> tuple[bool, str]:
+    from fuse_export.cpuinfo import bf16_status
+
+    return bf16_status()
+
+
+def _openvino_bf16() -> tuple[bool, str]:
+    ok, why = _openvino()
+    return _native_bf16() if ok else (ok, why)
+
+
+def _torch_bf16() -> tuple[bool, str]:
+    ok, why = _torch()
+    return _native_bf16() if ok else (ok, why)
+
+
+def _openvino_as(label: str, precision: str) -> Callable[..., Runner]:
+    """The OpenVINO CPU runner at one explicit inference precision (fp32 / bf16 on the fp32 IR, int8 IR)."""
+
+    def factory(artifact: Path | None, checkpoint: Path, pre: Preprocessing, threads: int | None,
+                embed: bool) -> Runner:
+        from fuse_export.runners.openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(artifact, pre, precision, threads=threads, embed_preprocessing=embed, label=label)
+
+    return factory
+
+
+def _eager_bf16(artifact: Path | None, checkpoint: Path, pre: Preprocessing, threads: int | None,
+                embed: bool) -> Runner:
+    from fuse_export.runners.torch_runners import EagerBf16Runner
+
+    return EagerBf16Runner(checkpoint, pre, threads=threads, embed_preprocessing=embed, label="pytorch-bf16")
+
+
 def _aoti() -> tuple[bool, str]:
     import importlib.metadata as md
 
@@ -92,14 +142,20 @@ def _pt2(artifact: Path | None, checkpoint: Path, pre: Preprocessing, threads: i
 BACKENDS: dict[str, Backend] = {
     b.key: b
     for b in (
-        Backend("pytorch", "PyTorch", None, "cpu", "fp32", _always, _eager),
-        Backend("torchscript", "TorchScript", "torchscript", "cpu", "fp32", _always, _torchscript),
+        Backend("pytorch", "PyTorch", None, "cpu", "fp32", _torch, _eager),
+        Backend("torchscript", "TorchScript", "torchscript", "cpu", "fp32", _torch, _torchscript),
         Backend("onnxruntime", "ONNX Runtime", "onnx", "cpu", "fp32", _onnxruntime_cpu, _ort_cpu),
         Backend("onnxruntime-fp16", "ONNX Runtime fp16", "onnx", "cpu", "fp16", _onnxruntime_cpu,
                 _ort_cpu_as("onnxruntime-fp16")),
         Backend("onnxruntime-int8", "ONNX Runtime int8", "onnx", "cpu", "int8", _onnxruntime_cpu,
                 _ort_cpu_as("onnxruntime-int8")),
         Backend("pt2", "AOTInductor (pt2)", "pt2", "cpu", "fp32", _aoti, _pt2),
+        Backend("pytorch-bf16", "PyTorch bf16 (autocast)", None, "cpu", "bf16", _torch_bf16, _eager_bf16),
+        Backend("openvino", "OpenVINO", "openvino", "cpu", "fp32", _openvino, _openvino_as("openvino", "fp32")),
+        Backend("openvino-bf16", "OpenVINO bf16", "openvino", "cpu", "bf16", _openvino_bf16,
+                _openvino_as("openvino-bf16", "bf16"), artifact_precision="fp32"),
+        Backend("openvino-int8", "OpenVINO int8", "openvino", "cpu", "int8", _openvino,
+                _openvino_as("openvino-int8", "int8")),
     )
 }
 # The CUDA and TensorRT rows live beside their runners; they skip with a reason where unusable.

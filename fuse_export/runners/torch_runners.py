@@ -48,6 +48,30 @@ class EagerRunner(_TorchRunner):
         self.module = ExportView(loaded.model, loaded.preprocessing if embed else None).eval().to(self.device)
 
 
+class EagerBf16Runner(EagerRunner):
+    """PyTorch's own CPU bf16 path, the reference for the bf16 runtimes: the ResNet-18 trunk under bf16 autocast
+    with channels_last weights and inputs (the oneDNN bf16 kernels' layout). The heads, the stacker and the
+    softmax after global pooling stay fp32, as in every reduced-precision artifact of this project: a few
+    thousand FLOPs that bf16 would not speed up but would cost parity (max |dprob| 1.0e-2 with them in bf16,
+    2.1e-3 without, on the tests' small model)."""
+
+    backend = "pytorch-bf16"
+
+    def _activate(self) -> None:
+        super()._activate()
+        assert self.module is not None
+        self.module = self.module.to(memory_format=torch.channels_last)
+        fused = self.module.model
+        trunk, device = fused.features, self.device.type
+
+        def features(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.autocast(device, dtype=torch.bfloat16):
+                feat, scn_feat = trunk(x.contiguous(memory_format=torch.channels_last))
+            return feat.float(), scn_feat.float()
+
+        fused.features = features  # this runner's own model copy, loaded in _activate
+
+
 class TorchScriptRunner(_TorchRunner):
     backend = "torchscript"
 

@@ -34,6 +34,7 @@ class TensorRTRunner(CudaRunner):
 
         trt = import_tensorrt()
         sidecar = read_sidecar(self.path)
+        self._sidecar = sidecar or {}
         if sidecar is not None:  # fail with a rebuild message before TensorRT fails with a magic-tag error
             check_engine(self.path, sidecar, trt.__version__, current_gpu(self.device.index or 0))
         self._logger = trt.Logger(trt.Logger.ERROR)
@@ -54,6 +55,15 @@ class TensorRTRunner(CudaRunner):
         lo, _, hi = self.engine.get_tensor_profile_shape(inputs[0], 0)
         self.batch_range = (int(lo[0]), int(hi[0]))
         self.context = self.engine.create_execution_context()
+
+    def numerics(self) -> dict[str, Any]:
+        build = getattr(self, "_sidecar", {}).get("build", {})
+        tf32 = "unknown (no sidecar)" if not build else "TF32" not in build.get("clear_flags", [])
+        return {"precision": build.get("precision", "unknown"), "mode": "TensorRT" + (" + CUDA graph" if self.cuda_graph
+                                                                                     else ""),
+                "layout": "NCHW in (TensorRT picks internal formats)", "tf32_conv": tf32, "tf32_matmul": tf32,
+                "cudnn_autotune": "TensorRT tactic timing at build", "strongly_typed": build.get("strongly_typed"),
+                "build_s": getattr(self, "_sidecar", {}).get("build_seconds")}
 
     @staticmethod
     def _torch_dtype(trt, dt) -> Any:

@@ -6,9 +6,11 @@ objects. Writes are atomic: an interrupted save never leaves a broken file under
 
 from __future__ import annotations
 
+import contextlib
 import os
-import pickle
 import platform
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,10 @@ import torch
 
 from fuse_export import __version__
 from fuse_export.contract import Preprocessing
-from fuse_export.errors import CheckpointError
-from fuse_export.fileio import atomic_open
+from fuse_export.errors import CheckpointError, UserError
+from fuse_export.fileio import atomic_open, try_lock
 from fuse_export.model.fused import FusedFER, ModelConfig
+from fuse_export.model.weights import describe_load_error
 from fuse_export.train.distributed import DistContext, broadcast_object
 
 FORMAT = "fuse-export-checkpoint"
@@ -68,11 +71,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint not found; train one with `fuse-export train RECIPE`")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain data "
-                              f"({str(exc).splitlines()[0]})") from None
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError, OSError: see describe_load_error
+        raise CheckpointError(f"{path}: {describe_load_error(exc, 'checkpoint')}; pass a checkpoint written by "
+                              "`fuse-export train` (best.pt or last.pt)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fuse-export checkpoint (field 'format' is missing or differs); "
                               "for backbone weights use the recipe's model.pretrained")
@@ -100,8 +101,65 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match this model ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0]})") from None
+                              f"{_one_line(exc)}); re-train it, or use the fuse-export version that wrote it") from None
     return LoadedModel(model.eval(), pre, state, Path(path))
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's whole message on one line (load_state_dict's list of keys starts on its second line)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+RESUME_KEYS = ("optimizer", "scheduler", "labels", "history", "epoch", "best_metric", "best_epoch", "rng")
+
+
+def check_resume_state(state: dict[str, Any], path: str | os.PathLike, model: torch.nn.Module) -> None:
+    """Refuse to resume from a file that is not a last.pt of this architecture, before anything is loaded."""
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a resumable checkpoint (no {missing[0]!r}: best.pt and copies of it hold "
+                              "the weights only); resume from the run's own last.pt, or train without --resume")
+    mine = model.state_dict()
+    theirs = state.get("model")
+    if not isinstance(theirs, dict):
+        raise CheckpointError(f"{path}: field 'model' is missing; resume from the run's own last.pt")
+    odd = sorted(set(mine) ^ set(theirs)) or [k for k in mine if tuple(mine[k].shape) != tuple(theirs[k].shape)]
+    if odd:
+        raise CheckpointError(f"{path}: written for another architecture (e.g. {odd[0]!r} differs); resume with "
+                              "the recipe that run was trained with, or train into a new --out")
+
+
+@contextlib.contextmanager
+def run_folder(out: str | os.PathLike, resume: bool) -> Iterator[None]:
+    """Hold a training run folder for one run: one writer at a time, no silent overwrite of an earlier run.
+
+    The lock (flock on the folder) is released when the run ends or the process dies; stale temporaries of
+    killed saves are removed only while holding it, so a concurrent run's temporary file is never touched.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder; choose a folder path")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = try_lock(out)
+    if fd is None:
+        raise UserError(f"--out {out}: another training is writing to this folder; wait for it or choose another "
+                        "--out")
+    try:
+        existing = [p.name for p in (out / "last.pt", out / "best.pt") if p.exists()]
+        if existing and not resume:
+            raise UserError(f"--out {out}: holds a training run ({', '.join(existing)}); pass --resume to continue "
+                            "it, or choose a new --out (nothing was overwritten)")
+        remove_stale_temporaries(out)
+        yield
+    except BaseException:
+        # A run that failed before its first checkpoint leaves no folder it created (bad data, bad weights...).
+        if created and not any((out / n).exists() for n in ("last.pt", "best.pt")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        os.close(fd)
 
 
 def read_checkpoint_on_main(path: str | os.PathLike, ctx: DistContext) -> dict[str, Any]:

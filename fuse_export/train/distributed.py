@@ -134,6 +134,21 @@ def all_gather_cat(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return torch.cat([p[:k] for p, k in zip(pieces, lengths)]).cpu()
 
 
+def gather_keeping_grad(local: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, int]:
+    """(every rank's rows in rank order on `local`'s device, the offset of this rank's rows).
+
+    This rank's rows are `local` itself, so autograd flows into them; the other ranks' rows are constants
+    (each rank differentiates its own part, and DDP's gradient all-reduce adds the parts up). This is how a
+    statistic of the whole global batch (SCN's importance ranking) is computed under DDP.
+    """
+    if not ctx.distributed:
+        return local, 0
+    lengths = all_gather_cat(torch.tensor([local.shape[0]], dtype=torch.int64), ctx).tolist()
+    offset = int(sum(lengths[: ctx.rank]))
+    full = all_gather_cat(local.detach(), ctx).to(local.device)
+    return torch.cat([full[:offset], local, full[offset + local.shape[0]:]]), offset
+
+
 def all_gather_object(obj: Any, ctx: DistContext) -> list[Any]:
     """Every rank's picklable object, in rank order (small things only: RNG states, messages)."""
     if not ctx.distributed:

@@ -17,8 +17,9 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader
 
 from fuse_export.model.fused import FusedFER, HeadOutputs
-from fuse_export.model.scn import rank_regularization, relabel
-from fuse_export.train.distributed import DistContext, all_gather_cat, all_reduce
+from fuse_export.model.scn import local_low_mask, rank_regularization, relabel
+from fuse_export.train.build import stage_one
+from fuse_export.train.distributed import DistContext, all_gather_cat, all_reduce, gather_keeping_grad
 from fuse_export.train.recipe import SCNSection, TrainSection
 from fuse_export.train.speed import Precision, batch_to
 
@@ -74,15 +75,20 @@ def train_one_epoch(net: Callable[[torch.Tensor], HeadOutputs], model: FusedFER,
     """One pass: CE on the DCNN head + (CE on SCN's alpha-weighted logits + rank regularization).
 
     `net` is the stage-1 network (trunk + heads, maybe DDP-wrapped and compiled); `model` the FusedFER it
-    shares parameters with. From `scn.relabel_epoch` on, SCN's rule relabels samples after the optimizer
-    step, with alphas ranked within this rank's batch as in the paper. New labels are used from the next
-    time a sample is seen (the authors: this iteration still uses the old label); as the sampler shows each
-    sample once per epoch, the decisions are gathered from all ranks and stored at the end of the epoch.
+    shares parameters with. Rank regularization and the low-importance group rank the alphas of the whole
+    global batch (gathered from every rank; each rank's own alphas carry its gradient), so one process and N
+    processes with the same global batch choose the same groups. From `scn.relabel_epoch` on, SCN's rule
+    relabels samples after the optimizer step. New labels are used from the next time a sample is seen (the
+    authors: this iteration still uses the old label); as the sampler shows each sample once per epoch, the
+    decisions are gathered from all ranks and stored at the end of the epoch. During the first
+    `train.freeze_backbone_epochs` epochs only the heads train (trunk frozen, its BatchNorm in eval mode).
     """
     device = ctx.device
     model.train()
     # The stacker is fitted in stage 2 on held-out data; keep it out of stage 1 entirely.
     model.stacker.eval()
+    frozen = epoch <= train.freeze_backbone_epochs
+    _set_trunk_frozen(net, model, frozen)
     sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=device)
     decisions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     seen, shown = 0, 0.0
@@ -96,10 +102,14 @@ def train_one_epoch(net: Callable[[torch.Tensor], HeadOutputs], model: FusedFER,
             heads: HeadOutputs = net(x)
             loss_dcnn = F.cross_entropy(heads.dcnn_logits, targets)
             loss_scn = F.cross_entropy(heads.scn_logits, targets)
-            loss_rank = rank_regularization(heads.alpha.float(), scn.beta, scn.margin1)
+            global_alpha, offset = gather_keeping_grad(heads.alpha.float(), ctx)
+            loss_rank = rank_regularization(global_alpha, scn.beta, scn.margin1)
             loss = train.dcnn_weight * loss_dcnn + train.scn_weight * (loss_scn + scn.rank_weight * loss_rank)
+            # DDP averages gradients over ranks; each rank's rank-loss gradient is only its own alphas' share
+            # of the global loss's, so scaling by the world size makes the average the whole gradient.
+            extra_rank = (ctx.world_size - 1) * train.scn_weight * scn.rank_weight * loss_rank
         optimizer.zero_grad(set_to_none=True)
-        precision.backward_step(loss, optimizer)
+        precision.backward_step(loss + extra_rank if ctx.distributed else loss, optimizer)
 
         with torch.no_grad():
             hard = labels.labels[idx].to(device, non_blocking=True)
@@ -110,8 +120,9 @@ def train_one_epoch(net: Callable[[torch.Tensor], HeadOutputs], model: FusedFER,
                                  (heads.scn_logits.argmax(1) == hard).sum().float(),
                                  heads.alpha.float().sum()]).double()
             if relabel_now:
+                low = local_low_mask(global_alpha, scn.beta, offset, n) if scn.relabel_scope == "low" else None
                 new, changed = relabel(heads.scn_logits.float(), hard, heads.alpha.float(), scn.margin2,
-                                       scn.beta, scn.relabel_scope)
+                                       scn.beta, scn.relabel_scope, low)
                 decisions.append((idx, new, changed))
         if task is not None:
             now = time.perf_counter()
@@ -135,6 +146,17 @@ def train_one_epoch(net: Callable[[torch.Tensor], HeadOutputs], model: FusedFER,
         train_acc_scn=m["acc_s"], alpha_mean=m["alpha"], relabeled_epoch=changed_total, seconds=seconds,
         images_per_s=float(totals[-1]) / max(seconds, 1e-9),
     )
+
+
+def _set_trunk_frozen(net: Callable[[torch.Tensor], HeadOutputs], model: FusedFER, frozen: bool) -> None:
+    """Heads-only stage: the trunk runs without autograd and its BatchNorm keeps its (pretrained) statistics."""
+    if isinstance(net, torch.nn.Module):
+        stage_one(net).frozen_trunk = frozen
+    elif frozen:
+        raise TypeError("a frozen trunk needs the stage-1 network from fuse_export.train.build.training_network")
+    if frozen:
+        for trunk in filter(None, (model.backbone, model.scn_backbone)):
+            trunk.eval()
 
 
 def gather_decisions(decisions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -174,8 +196,7 @@ def head_accuracies(model: FusedFER, heads: HeadOutputs, labels: torch.Tensor) -
     if labels.numel() == 0:
         return {"dcnn": float("nan"), "scn": float("nan"), "fused": float("nan")}
     stacker_device = next(model.stacker.parameters()).device
-    fused = model.stacker.to("cpu")(torch.softmax(heads.dcnn_logits, 1), torch.softmax(heads.scn_logits, 1),
-                                    heads.alpha)
+    fused = model.stacker.to("cpu")(heads.dcnn_logits, heads.scn_logits, heads.alpha)
     model.stacker.to(stacker_device)
     return {
         "dcnn": float((heads.dcnn_logits.argmax(1) == labels).float().mean()),

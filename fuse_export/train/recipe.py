@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -22,13 +23,15 @@ class DataSection:
     format: str = "fer2013-csv"
     path: str = ""  # overridable with --data
     image_size: int = 224
+    # The one crop geometry of training and deployment (fuse_export.contract.GEOMETRIES; see data/transforms.py).
+    geometry: str = "squash"
     limit: int = 0  # 0 = all; otherwise at most this many samples per split (quick runs)
     options: dict[str, Any] = field(default_factory=dict)  # format-specific loader options
 
 
 @dataclass(frozen=True)
 class ModelSection:
-    pretrained: str = ""  # "" = none, else a path to a weights file
+    pretrained: str = ""  # "" = none, "imagenet" (torchvision's, downloaded to the hub cache), or a file path
     allow_partial_weights: bool = False
     dcnn_hidden: tuple[int, ...] = (256,)
     dcnn_dropout: float = 0.5
@@ -66,11 +69,18 @@ class TrainSection:
     channels_last: bool = False
     compile: bool = False  # torch.compile the training network
     deterministic: bool = False  # deterministic kernels, no cudnn autotuning: bit-reproducible GPU runs, slower
+    # Staged fine-tuning (Akhand et al.): the first N epochs train the heads only (trunk frozen, BatchNorm in eval).
+    freeze_backbone_epochs: int = 0
+    backbone_lr_mult: float = 1.0  # the trunk's learning rate is lr * this (0 < mult)
+    sync_bn: bool = False  # SyncBatchNorm across processes (multi-GPU); a no-op in one process
 
 
 @dataclass(frozen=True)
 class StackingSection:
     holdout_fraction: float = 0.1  # share of the training split held out (never trained on) for the stacker
+    # "linear": [p_dcnn, p_scn, alpha]; "interaction": alpha also scales each head's log-probabilities
+    # (model/stacker.py). Linear was better in benchmarks/compare_stacker.py (RESULTS.md), so it is the default.
+    kind: str = "linear"
     weight_decay: float = 1e-3
     max_iter: int = 200
 
@@ -95,7 +105,10 @@ class Recipe:
         new = {}
         for name, changes in sections.items():
             new[name] = dataclasses.replace(getattr(self, name), **changes)
-        return dataclasses.replace(self, **new)
+        out = dataclasses.replace(self, **new)
+        # Overrides (command-line options) obey the same rules as the file.
+        _validate(f"{self.source or self.name} (with command-line overrides)", out)
+        return out
 
 
 _CHOICES = {
@@ -103,6 +116,8 @@ _CHOICES = {
     ("train", "optimizer"): ("adam", "sgd"),
     ("train", "scheduler"): ("exponential", "step", "cosine", "none"),
     ("train", "amp"): ("none", "bf16", "fp16"),
+    ("data", "geometry"): ("squash", "resize-crop"),
+    ("stacking", "kind"): ("linear", "interaction"),
 }
 
 
@@ -151,10 +166,49 @@ def _section(file: str, name: str, cls: type, table: Any) -> Any:
     return cls(**values)
 
 
+MAX_IMAGE_SIZE = 1024  # a 224-input ResNet-18 at 1024 already needs ~20x the memory; larger is a typo
+MIN_LIMIT = 10  # with <= 9 samples over 8-9 classes, every class can be a singleton: an empty held-out set
+SEED_MAX = 2**32 - 1  # numpy's generators take 0..2**32-1
+
+
+def _finite_numbers(file: str, r: Recipe) -> None:
+    """Every float field is a finite number (TOML has inf and nan; neither is a valid setting anywhere)."""
+    for section in ("data", "model", "scn", "train", "stacking"):
+        obj = getattr(r, section)
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise RecipeError(f"{file}: {section}.{f.name} is {value}; it must be a finite number")
+
+
 def _validate(file: str, r: Recipe) -> None:
+    _finite_numbers(file, r)
+    exp_or_step = r.train.scheduler in ("exponential", "step")
     checks = [
-        (r.data.image_size >= 32, "data.image_size must be at least 32"),
-        (r.data.limit >= 0, "data.limit must be >= 0"),
+        (32 <= r.data.image_size <= MAX_IMAGE_SIZE, f"data.image_size must be in 32..{MAX_IMAGE_SIZE}"),
+        (r.data.limit == 0 or r.data.limit >= MIN_LIMIT,
+         f"data.limit must be 0 (all samples) or at least {MIN_LIMIT} (fewer leave the stacker nothing to fit on)"),
+        (0.0 <= r.model.dcnn_dropout < 1.0 and 0.0 <= r.model.scn_dropout < 1.0,
+         "model.dcnn_dropout and model.scn_dropout must be in [0, 1)"),
+        (all(h <= 65536 for h in r.model.dcnn_hidden), "model.dcnn_hidden sizes must be at most 65536"),
+        (0.0 <= r.scn.rank_weight <= 100.0, "scn.rank_weight must be in [0, 100]"),
+        (r.scn.margin1 <= 1.0 and r.scn.margin2 <= 1.0,
+         "scn.margin1 and scn.margin2 must be at most 1 (they compare weights and probabilities in [0, 1])"),
+        (r.train.epochs <= 100_000, "train.epochs must be at most 100000"),
+        (r.train.batch_size <= 65536, "train.batch_size must be at most 65536"),
+        (r.train.lr <= 10.0, "train.lr must be at most 10 (typical: 1e-4..1e-1)"),
+        (0.0 <= r.train.weight_decay <= 1.0, "train.weight_decay must be in [0, 1] (typical: 1e-4)"),
+        (0.0 <= r.train.momentum < 1.0, "train.momentum must be in [0, 1)"),
+        (not exp_or_step or 0.0 < r.train.gamma <= 1.0,
+         f"train.gamma must be in (0, 1] with scheduler {r.train.scheduler!r} (it multiplies the learning rate)"),
+        (r.train.step_size >= 1, "train.step_size must be >= 1 (epochs between learning-rate steps)"),
+        (r.train.num_workers <= 256, "train.num_workers must be at most 256"),
+        (0 <= r.train.seed <= SEED_MAX, f"train.seed must be in 0..{SEED_MAX}"),
+        (0.0 <= r.train.dcnn_weight <= 100.0 and 0.0 <= r.train.scn_weight <= 100.0
+         and r.train.dcnn_weight + r.train.scn_weight > 0,
+         "train.dcnn_weight and train.scn_weight must be in [0, 100], not both 0"),
+        (0.0 <= r.stacking.weight_decay <= 100.0, "stacking.weight_decay must be in [0, 100] (typical: 1e-3)"),
+        (1 <= r.stacking.max_iter <= 100_000, "stacking.max_iter must be in 1..100000 (0 would leave the stacker unfitted)"),
         (0.0 < r.scn.beta < 1.0, "scn.beta must be in (0, 1)"),
         (r.scn.margin1 >= 0.0 and r.scn.margin2 >= 0.0, "scn.margin1 and scn.margin2 must be >= 0"),
         (r.scn.relabel_epoch >= 0, "scn.relabel_epoch must be >= 0 (0 disables relabeling)"),
@@ -162,6 +216,9 @@ def _validate(file: str, r: Recipe) -> None:
         (r.train.batch_size >= 2, "train.batch_size must be >= 2 (rank regularization needs two groups)"),
         (r.train.lr > 0, "train.lr must be > 0"),
         (r.train.num_workers >= 0, "train.num_workers must be >= 0"),
+        (r.train.freeze_backbone_epochs >= 0, "train.freeze_backbone_epochs must be >= 0 (0: no frozen stage)"),
+        (r.train.backbone_lr_mult > 0 and r.train.backbone_lr_mult != float("inf"),
+         "train.backbone_lr_mult must be a finite number > 0 (freeze with train.freeze_backbone_epochs instead)"),
         (0.0 < r.stacking.holdout_fraction < 0.5, "stacking.holdout_fraction must be in (0, 0.5)"),
         (all(h > 0 for h in r.model.dcnn_hidden), "model.dcnn_hidden sizes must be > 0"),
     ]

@@ -7,6 +7,7 @@ SCN's labels and the stacker stay identical on every rank, and only rank 0 write
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -25,8 +26,10 @@ from fuse_export.fileio import write_json
 from fuse_export.model.fused import FusedFER
 from fuse_export.model.stacker import fit_stacker
 from fuse_export.progress import console, progress_bar
-from fuse_export.train.build import build_model, holdout_split, make_optimizer, prepare_data, training_network
-from fuse_export.train.checkpoint import read_checkpoint_on_main, remove_stale_temporaries, save_checkpoint
+from fuse_export.train.build import (build_model, fetch_pretrained_on_main, holdout_split, make_optimizer,
+                                     prepare_data, training_network)
+from fuse_export.train.checkpoint import (check_resume_state, read_checkpoint_on_main, remove_stale_temporaries,
+                                         run_folder, save_checkpoint)
 from fuse_export.train.distributed import (DistContext, all_gather_object, barrier, broadcast_module,
                                            check_batch_split, setup, teardown)
 from fuse_export.train.loaders import eval_loader, train_loader
@@ -40,6 +43,7 @@ from fuse_export.train.state import DROPOUT, capture_rng, derive_seed, restore_r
 __all__ = ["TrainResult", "run_training", "prepare_data", "holdout_split", "build_model", "make_optimizer"]
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
+TransformPair = Callable[[Preprocessing], tuple[Callable, Callable]]
 
 
 @dataclass
@@ -59,15 +63,20 @@ class TrainResult:
 
 def run_training(recipe: Recipe, data_path: str | None, out_dir: str | Path, device: str = "auto",
                  resume: bool = False, progress: bool = True,
-                 on_epoch_end: EpochCallback | None = None) -> TrainResult:
+                 on_epoch_end: EpochCallback | None = None,
+                 transforms: TransformPair | None = None) -> TrainResult:
     """Train per the recipe into `out_dir` (best.pt, last.pt, metrics.jsonl/csv, summary.json, curves).
 
     Under torchrun (or inside an initialized process group) this is one rank of a distributed run.
     `on_epoch_end(epoch, metrics_row)` runs on every rank after each epoch's checkpoint is written.
+    `transforms(pre) -> (train, eval)` replaces the contract's transforms: for ablations only (a model trained
+    so carries a preprocessing contract its training did not follow).
     """
     ctx = setup(device)
     try:
-        return _train(recipe, data_path, Path(out_dir), ctx, resume, progress, on_epoch_end)
+        # The main process holds the run folder (one writer; no overwrite of an earlier run without --resume).
+        with run_folder(out_dir, resume) if ctx.is_main else contextlib.nullcontext():
+            return _train(recipe, data_path, Path(out_dir), ctx, resume, progress, on_epoch_end, transforms)
     finally:
         teardown(ctx)
 
@@ -77,20 +86,24 @@ def _quiet(*_: Any, **__: Any) -> None:
 
 
 def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, resume: bool, progress: bool,
-           on_epoch_end: EpochCallback | None) -> TrainResult:
+           on_epoch_end: EpochCallback | None, transforms: TransformPair | None = None) -> TrainResult:
     log = console.print if ctx.is_main else _quiet
     dev, seed, t = ctx.device, recipe.train.seed, recipe.train
     per_rank_batch = check_batch_split(t.batch_size, ctx, recipe.source or recipe.name)
     configure_backends(dev, t.deterministic)
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     ds = prepare_data(recipe, data_path)
-    pre = Preprocessing(image_size=recipe.data.image_size, class_names=ds.class_names)
+    # The contract the checkpoint carries: the data set's colour (gray sets stay gray at deployment) and the
+    # recipe's geometry; the transforms below derive from it.
+    pre = Preprocessing(image_size=recipe.data.image_size, class_names=ds.class_names, color_mode=ds.color_mode,
+                        geometry=recipe.data.geometry)
     train_idx, hold_idx = holdout_split(ds.splits["train"], recipe.stacking.holdout_fraction, seed)
     train_split, hold_split = ds.splits["train"].subset(train_idx), ds.splits["train"].subset(hold_idx)
     soft = train_split.soft_targets
     labels = LabelState(torch.from_numpy(train_split.labels.copy()), torch.from_numpy(train_split.labels.copy()),
                         None if soft is None else torch.from_numpy(np.asarray(soft, np.float32).copy()))
 
+    fetch_pretrained_on_main(recipe, ctx)  # a download happens once, on rank 0, before any rank reads the file
     model = build_model(recipe, ds.num_classes, log).to(dev)
     optimizer, scheduler = make_optimizer(model, recipe)
     precision = make_precision(t.amp, dev)
@@ -106,10 +119,15 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
             log(line)
     if resume:
         state = read_checkpoint_on_main(last, ctx)
+        check_resume_state(state, last, model)
         if state.get("class_names") != list(ds.class_names):
             raise CheckpointError(f"{last}: class names differ from the data set's; cannot resume")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as exc:  # another architecture, stacker kind or optimizer layout
+            raise CheckpointError(f"{last}: cannot resume with this recipe and fuse-export version "
+                                  f"({str(exc).splitlines()[0][:200]}); start a new run (without --resume)") from None
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             precision.scaler.load_state_dict(state["scaler"])
@@ -129,13 +147,15 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
             rng_states = None
 
     net = training_network(model, recipe, ctx)
-    tf_train, tf_eval = train_transform(pre), eval_transform(pre)
+    tf_train, tf_eval = transforms(pre) if transforms is not None else (train_transform(pre), eval_transform(pre))
     nw = t.num_workers
     train_dl = train_loader(train_split, tf_train, per_rank_batch, ctx, seed, nw)
     hold_dl = eval_loader(hold_split, tf_eval, per_rank_batch, ctx, nw)
     val_dl = eval_loader(ds.splits["val"], tf_eval, per_rank_batch, ctx, nw)
     hold_y, val_y = torch.from_numpy(hold_split.labels), torch.from_numpy(ds.splits["val"].labels)
     recipe_dict = recipe.to_dict()
+    if data_path or recipe.data.path:  # what was trained on (--data wins): `export` verifies on its test split
+        recipe_dict["data"]["path"] = str(Path(data_path or recipe.data.path).resolve())
     # Last before the loop, so the generators continue exactly where the checkpoint left them.
     if rng_states is not None:
         restore_rng(rng_states[ctx.rank], dev)

@@ -1,0 +1,204 @@
+"""Which crop geometry should training and deployment share? Three (train, eval) pairs on the synthetic faces.
+
+* current: train squashes the whole frame to HxH (+ flip), eval resizes the short side to H*256/224 and
+  center-crops H: the pair fuse-export shipped first; a deployed face is ~14% larger than a trained one.
+* scn: SCN's released code, plain resize to HxH for both (+ flip for training): geometry "squash".
+* akhand: Akhand et al.'s pair, a random-resized crop with a narrow scale range around the eval crop (+ flip)
+  for training, resize + center-crop for eval: geometry "resize-crop".
+
+"current" and "scn" train identically (same transform, same seed: the same weights epoch by epoch), so one
+training serves both: each trained model is evaluated through both eval geometries, with the stacker refitted
+on the held-out split seen through that geometry, as the trainer would have fitted it. (The one difference
+from a real "current" run: its best epoch was chosen through the squash eval.) Every run trains the
+synthetic-quick recipe (64x64 input, 12 epochs) on the same synthetic CSV, 3 seeds. Reported per (pair,
+seed): fused and per-head accuracy on the validation split (the choice is made on validation) and on test.
+
+    nice -n 10 python benchmarks/compare_geometry.py                      # 6 trainings
+    nice -n 10 python benchmarks/compare_geometry.py --set samples_per_class=40 --set epochs=2 --set 'seeds=[0]'
+Results: benchmarks/results/compare_geometry.json and .md. Runs are cached under --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fuse_export.contract import Preprocessing  # noqa: E402
+from fuse_export.data.fer2013 import load_fer2013_csv  # noqa: E402
+from fuse_export.data.synthetic import SyntheticSpec, write_fer2013_csv  # noqa: E402
+from fuse_export.data.torchdata import eval_batches  # noqa: E402
+from fuse_export.data.transforms import eval_transform  # noqa: E402
+from fuse_export.fileio import write_json  # noqa: E402
+from fuse_export.train.loop import head_accuracies, predict_heads  # noqa: E402
+from fuse_export.train.recipe import load_recipe  # noqa: E402
+from fuse_export.train.trainer import run_training  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Config:
+    samples_per_class: int = 300
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    image_size: int = 64  # the synthetic-quick recipe's input size
+    epochs: int = 12  # the synthetic-quick recipe's budget
+    seeds: tuple[int, ...] = (0, 1, 2)
+    data_seed: int = 0
+
+
+PAIRS = {
+    "current": ("resize-crop", "train: squash HxH + flip; eval: resize short side to H*256/224, center-crop H"),
+    "scn": ("squash", "train: squash HxH + flip; eval: squash HxH (SCN's code)"),
+    "akhand": ("resize-crop", "train: random-resized crop, area share 0.65-0.88 of the frame, aspect 0.9-1.11, "
+                              "+ flip; eval: resize short side to H*256/224, center-crop H (Akhand et al.)"),
+}
+# What is trained (geometry of the recipe), and which pair each eval geometry of that training is.
+TRAININGS = {"squash-train": ("squash", {"squash": "scn", "resize-crop": "current"}),
+             "rrc-train": ("resize-crop", {"resize-crop": "akhand", "squash": "akhand-evaluated-squash"})}
+
+
+def measure(cfg: Config, training: str, seed: int, data: Path, run_dir: Path) -> list[dict[str, Any]]:
+    """Train once; score the best checkpoint through both eval geometries (stacker refitted per geometry)."""
+    from fuse_export.model.stacker import Stacker, fit_stacker
+    from fuse_export.train.build import holdout_split
+
+    geometry, pairs = TRAININGS[training]
+    recipe = load_recipe(ROOT / "recipes" / "synthetic-quick.toml").replace(
+        data={"image_size": cfg.image_size, "geometry": geometry}, train={"epochs": cfg.epochs, "seed": seed})
+    start = time.perf_counter()
+    result = run_training(recipe, str(data), run_dir, device="cpu", progress=False)
+    seconds = time.perf_counter() - start
+    assert result.model is not None
+    model, cpu = result.model, torch.device("cpu")
+    ds = load_fer2013_csv(data)
+    _, hold_idx = holdout_split(ds.splits["train"], recipe.stacking.holdout_fraction, seed)
+    splits = {"hold": ds.splits["train"].subset(hold_idx), "val": ds.splits["val"], "test": ds.splits["test"]}
+    rows = []
+    for g, pair in pairs.items():
+        pre = Preprocessing(cfg.image_size, ds.class_names, color_mode=ds.color_mode, geometry=g)
+        heads = {k: predict_heads(model, eval_batches(sp, eval_transform(pre), 128), cpu) for k, sp in splits.items()}
+        st = Stacker(model.config.num_classes, model.config.stacker)
+        h = heads["hold"]
+        fit_stacker(st, st.features(h.dcnn_logits, h.scn_logits, h.alpha), torch.from_numpy(splits["hold"].labels),
+                    recipe.stacking.weight_decay, recipe.stacking.max_iter)
+        model.stacker.load_state_dict(st.state_dict())
+        acc = {k: head_accuracies(model, heads[k], torch.from_numpy(splits[k].labels)) for k in ("val", "test")}
+        rows.append({"pair": pair, "seed": seed, "training": training, "train_geometry": geometry,
+                     "eval_geometry": g, "best_epoch": result.best_epoch, "val_acc": acc["val"],
+                     "test_acc": acc["test"], "train_seconds": round(seconds, 1)})
+    return rows
+
+
+def cached(cfg: Config, training: str, seed: int, data: Path, run_dir: Path) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    cache = run_dir / "measured.json"
+    key = json.dumps([asdict(replace(cfg, seeds=())), training, seed], sort_keys=True)
+    if cache.exists() and json.loads(cache.read_text()).get("key") == key:
+        return json.loads(cache.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
+        row = {"rows": measure(cfg, training, seed, data, run_dir), "key": key}
+    write_json(cache, row)
+    for ckpt in run_dir.glob("*.pt"):
+        ckpt.unlink()
+    return row
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for pair in [*PAIRS, "akhand-evaluated-squash"]:
+        mine = sorted((r for r in rows if r["pair"] == pair), key=lambda r: r["seed"])
+        if not mine:
+            continue
+
+        def stat(values: list[float]) -> dict[str, Any]:
+            return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "runs": values}
+
+        out[pair] = {"train_geometry": mine[0]["train_geometry"], "eval_geometry": mine[0]["eval_geometry"],
+                     "what": PAIRS.get(pair, ("", "the Akhand-trained model deployed with squash (a mismatch)"))[1],
+                     "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in mine)}
+        for split in ("val", "test"):
+            for head in ("fused", "dcnn", "scn"):
+                out[pair][f"{split}_{head}"] = stat([r[f"{split}_acc"][head] for r in mine])
+    return out
+
+
+def write_markdown(path: Path, doc: dict[str, Any]) -> None:
+    s = doc["summary"]
+    lines = [f"# Crop geometry comparison ({doc['date']})", "", f"Command: `{doc['command']}`", "",
+             f"Config: {json.dumps(doc['config'])}; machine: {doc['machine']}; wall {doc['wall_seconds']:.0f} s.", "",
+             "| pair | train -> eval | val fused (mean +- sd) | val DCNN | val SCN | test fused | test DCNN | test SCN |",
+             "|---|---|---|---|---|---|---|---|"]
+    for pair, v in s.items():
+        def f(k: str) -> str:
+            return f"{100 * v[k]['mean']:.1f} +- {100 * v[k]['sd']:.1f}"
+        lines.append(f"| {pair} | {v['train_geometry']} -> {v['eval_geometry']} | {f('val_fused')} | {f('val_dcnn')} | "
+                     f"{f('val_scn')} | {f('test_fused')} | {f('test_dcnn')} | {f('test_scn')} |")
+    lines += ["", f"Chosen (best mean validation fused accuracy among the consistent pairs scn and akhand): "
+              f"**{doc['chosen']}** (geometry {doc['chosen_geometry']})", ""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--work", type=Path, default=Path("runs/compare_geometry"))
+    ap.add_argument("--name", default="compare_geometry")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    args = ap.parse_args()
+    cfg = Config()
+    for item in args.set:
+        k, _, v = item.partition("=")
+        val = json.loads(v)
+        cfg = replace(cfg, **{k: tuple(val) if isinstance(val, list) else val})
+    work = args.work / args.name
+    data = work / "data.csv"
+    if not data.exists():
+        write_fer2013_csv(data, SyntheticSpec(samples_per_class=cfg.samples_per_class, seed=cfg.data_seed),
+                          cfg.fractions)
+    rows, start = [], time.perf_counter()
+    jobs = [(cfg, t, s, data, work / f"{t}_seed{s}") for s in cfg.seeds for t in TRAININGS]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(cached, *j) for j in jobs]
+        for i, fut in enumerate(as_completed(futures), 1):
+            got = fut.result()["rows"]
+            rows += got
+            print(f"[{i}/{len(jobs)} {time.perf_counter() - start:.0f}s] " + "; ".join(
+                f"{r['pair']} seed {r['seed']}: val fused {r['val_acc']['fused']:.3f}" for r in got)
+                + f"  {got[0]['train_seconds']}s", flush=True)
+    summary = summarize(rows)
+    # Only a pair whose training and deployment agree can be the product's one geometry.
+    chosen = max(("scn", "akhand"), key=lambda p: summary[p]["val_fused"]["mean"])
+    import platform
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    doc = {"config": asdict(cfg), "pairs": {k: v[1] for k, v in PAIRS.items()}, "runs": sorted(
+        rows, key=lambda r: (r["pair"], r["seed"])), "summary": summary, "chosen": chosen,
+           "chosen_geometry": summary[chosen]["eval_geometry"],
+           "command": " ".join(["python benchmarks/compare_geometry.py", *sys.argv[1:]]),
+           "wall_seconds": time.perf_counter() - start, "date": time.strftime("%Y-%m-%d", time.gmtime()),
+           "machine": f"{cpu}, {multiprocessing.cpu_count()} cores, torch {torch.__version__}"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / f"{args.name}.json", doc)
+    write_markdown(args.out / f"{args.name}.md", doc)
+    print(json.dumps({k: {m: round(v[m]["mean"], 4) for m in ("val_fused", "test_fused")} for k, v in summary.items()}))
+    print("chosen:", chosen)
+
+
+if __name__ == "__main__":
+    main()

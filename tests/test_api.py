@@ -1,0 +1,75 @@
+"""The public Python API: train, export, load, predict and bench through `import fuse_export` only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def faces_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Test input: a small FER-2013-layout CSV of generated faces (10 per class)."""
+    from fuse_export.data.synthetic import SyntheticSpec, write_fer2013_csv
+
+    path = tmp_path_factory.mktemp("api-data") / "faces.csv"
+    write_fer2013_csv(path, SyntheticSpec(samples_per_class=10, seed=5))
+    return path
+
+
+def test_train_export_load_predict_bench_through_the_public_api(faces_csv: Path, tmp_path: Path):
+    import fuse_export as fx
+    from PIL import Image
+
+    run = fx.train("synthetic-quick", faces_csv, tmp_path / "run", epochs=1, device="cpu",
+                   overrides={"data": {"image_size": 32}, "train": {"batch_size": 16}, "scn": {"relabel_epoch": 0}})
+    assert Path(run.best).is_file()
+
+    manifest = fx.export(run.best, "onnx", "fp32", tmp_path / "export", fx.ExportOptions(),
+                         fx.VerifyOptions(atol=1e-4))
+    assert isinstance(manifest, fx.Manifest)
+    onnx_file = manifest.file("onnx")
+    assert onnx_file.is_file() and manifest.parity["model.onnx"] and manifest.reference.is_file()
+    # Verified on the data the checkpoint was trained on, not on noise.
+    assert str(faces_csv) in manifest.artifacts[0]["verified_on"]
+
+    with np.load(manifest.reference) as ref:
+        pixels, eager = ref["input_uint8_nhwc"], ref["output_probabilities"]
+    with fx.load(tmp_path / "export", backend="onnxruntime") as model:
+        assert model.backend == "onnxruntime"
+        out = model.predict_pixels(pixels)  # the export's verification images: the eager answers
+        images = [Image.fromarray(p) for p in pixels[:3]]
+        from_images = model.predict(images)
+    np.testing.assert_allclose(out.probabilities, eager, atol=1e-4)
+    assert len(from_images) == 3 and set(from_images.labels) <= set(model.class_names)
+    np.testing.assert_allclose(from_images.probabilities.sum(1), 1.0, atol=1e-5)
+    assert ((from_images.confidence > 0) & (from_images.confidence < 1)).all()
+
+    result = fx.bench(tmp_path / "export", fx.BenchOptions(backends=("pytorch", "onnxruntime"), batch_sizes=(1,),
+                                                           warmup=0, iterations=2, min_time_s=0, rounds=1))
+    assert isinstance(result, fx.BenchResult) and result.passed
+    assert {r.backend for r in result.rows if r.status == "ok"} == {"pytorch", "onnxruntime"}
+
+
+def test_import_is_light_and_options_are_dataclasses():
+    code = ("import sys, dataclasses, fuse_export as fx; "
+            "names = [fx.ExportOptions, fx.VerifyOptions, fx.BenchOptions]; "
+            "assert all(dataclasses.is_dataclass(n) for n in names); "
+            "assert callable(fx.train) and callable(fx.export) and callable(fx.bench) and callable(fx.load); "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_api_errors_are_user_errors(tmp_path: Path):
+    import fuse_export as fx
+
+    with pytest.raises(fx.UserError, match="checkpoint not found"):
+        fx.export(tmp_path / "missing.pt", "onnx", out=tmp_path / "o")
+    with pytest.raises(fx.UserError, match="no manifest"):
+        fx.bench(tmp_path)
+    with pytest.raises(TypeError):
+        fx.bench(tmp_path, no_such_option=1)

@@ -1,0 +1,53 @@
+"""`--device` on `predict` and `load(device=...)`: cpu picks a CPU artifact, cuda[:N] only CUDA ones, and a
+device that cannot run here (or a malformed one) is one line with exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import fuse_export as fx
+from fuse_export.cli import app
+from fuse_export.runners.cuda_base import cuda_status
+from fuse_export.runners.registry import BACKENDS
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fuse_export.data.synthetic import SyntheticSpec, generate_faces
+
+    arrays, _, _ = generate_faces(SyntheticSpec(samples_per_class=1, seed=5))
+    path = tmp_path_factory.mktemp("device") / "face.png"
+    Image.fromarray(np.asarray(arrays[3], np.uint8)).save(path)
+    return path
+
+
+def test_cpu_device_picks_a_cpu_backend_and_matches_the_default(tiny_export: Path, face: Path) -> None:
+    with fx.load(tiny_export, device="cpu") as model:
+        on_cpu = model.predict([face])
+        assert BACKENDS[model.backend].device == "cpu"
+    with fx.load(tiny_export) as model:
+        default = model.predict([face])
+    np.testing.assert_allclose(on_cpu.probabilities, default.probabilities, atol=1e-5)
+    r = CliRunner().invoke(app, ["predict", str(tiny_export), str(face), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    assert on_cpu.labels[0] in r.output
+
+
+@pytest.mark.skipif(cuda_status()[0], reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_device_without_cuda_is_one_line_exit_2(tiny_export: Path, face: Path, device: str) -> None:
+    r = CliRunner().invoke(app, ["predict", str(tiny_export), str(face), "--device", device])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and "nothing runs on cuda" in r.output and "Traceback" not in r.output
+    with pytest.raises(fx.UserError, match="nothing runs on cuda"):
+        fx.load(tiny_export, device=device)
+
+
+def test_malformed_device_is_refused(tiny_export: Path, face: Path) -> None:
+    r = CliRunner().invoke(app, ["predict", str(tiny_export), str(face), "--device", "gpu0"])
+    assert r.exit_code == 2 and "expected cpu, cuda or cuda:N" in r.output
