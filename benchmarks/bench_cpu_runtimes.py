@@ -16,10 +16,14 @@ Method (as benchmarks/bench_int8_cpu.py; training at 224 on 2 CPU cores takes ho
    images through the eval transform at 224), every backend built from the registry's own factory (so the
    precision, threads and settings are the ones `bench` and `predict` use), timed at batch 1 and batch 32 in
    interleaved rounds: a shared machine's drift hits all of them alike. The ratio to eager fp32 is the median
-   over rounds of (backend round median / eager round median). The fused-vs-bare ratio runs the fused IR and
-   a bare torchvision ResNet-18 IR (same exporter, same OpenVINO settings) interleaved the same way.
+   over rounds of (backend round median / eager round median).
+3. Fused vs bare: the fused IR and a bare torchvision ResNet-18 IR (same exporter, same OpenVINO settings) in
+   `--bare-rounds` paired rounds (calls alternate fused, bare, ...), reported as the median per-round ratio with
+   a bootstrap 95% interval, and OpenVINO's per-node profile of what the fused graph runs after global pooling.
+   `--only-fused-vs-bare` runs this part alone.
 
     python benchmarks/bench_cpu_runtimes.py [--checkpoint best.pt --data faces.csv] [--work DIR] [--json out.json]
+        [--only-fused-vs-bare --bare-rounds 40 --bare-iterations 10]
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import torch
 from fuse_export.compare.report import machine_info
 from fuse_export.contract import IO_CONTRACT, Preprocessing
 from fuse_export.cpuinfo import cpu_features
+from fuse_export.errors import ParityError
 from fuse_export.export.calibration import load_calibration, normalize
 from fuse_export.export.formats import FORMATS, artifact_file
 from fuse_export.export.manifest import tool_versions
@@ -51,7 +56,7 @@ from fuse_export.export.to_onnx import export_onnx
 from fuse_export.export.to_torchscript import export_torchscript
 from fuse_export.fileio import write_json
 from fuse_export.model.fused import ExportView
-from fuse_export.runners.registry import BACKENDS, REFERENCE
+from fuse_export.runners.registry import BACKENDS, REFERENCE, backend_for
 from fuse_export.train.checkpoint import load_model
 
 from bench_int8_cpu import model_and_data  # noqa: E402  (sibling script: benchmarks/ is on sys.path)
@@ -77,9 +82,14 @@ def parity_and_accuracy(checkpoint: Path, csv: Path, work: Path, keys: list[str]
     fp32 = [FORMATS[f] for f in formats]
     int8 = [FORMATS[f] for f in formats if "int8" in FORMATS[f].precisions]
     export_checkpoint(checkpoint, fp32, out)
+    refused: dict[str, str] = {}  # backend -> why export's own verification refused its int8 artifact
     if any(BACKENDS[k].runs_precision == "int8" for k in keys):
-        export_checkpoint(checkpoint, int8, out, precisions=["int8"], calibration_data=csv,
-                          calibration_samples=calibration)
+        for fmt in int8:  # one at a time: a refused IR (ParityError) must not take the ONNX row with it
+            try:
+                export_checkpoint(checkpoint, [fmt], out, precisions=["int8"], calibration_data=csv,
+                                  calibration_samples=calibration)
+            except ParityError as exc:
+                refused[backend_for(fmt.key, "int8").key] = f"export verification refused it: {exc}"
     report = run_bench(out, [BACKENDS[k] for k in keys], [1], warmup=1, iterations=1, threads=threads,
                        data=str(csv), progress=False)
     rows: dict[str, dict[str, Any]] = {}
@@ -87,12 +97,16 @@ def parity_and_accuracy(checkpoint: Path, csv: Path, work: Path, keys: list[str]
         rows[r.backend] = {"status": r.status, "reason": r.reason, "accuracy": r.accuracy,
                            "parity": r.parity.to_dict() if r.parity is not None else None,  # falsy when failed
                            "parity_line": r.parity.explain() if r.parity is not None else r.reason}
+    for key, why in refused.items():  # timed at 224 all the same, shown as failing its bound (never "best")
+        rows[key] = {"status": "failed", "reason": why, "accuracy": None, "parity": None, "parity_line": why}
     rows["_inputs"] = {"source": report.inputs}
     return rows
 
 
-def export_224(checkpoint: Path, csv: Path, work: Path, size: int, calibration: int) -> tuple[Path, Preprocessing]:
-    """The same weights at `size`: TorchScript, ONNX fp32/int8, OpenVINO IR fp32/int8 (as the exporters write them)."""
+def export_224(checkpoint: Path, csv: Path, work: Path, size: int, calibration: int,
+               full: bool = True) -> tuple[Path, Preprocessing]:
+    """The same weights at `size`: TorchScript, ONNX fp32/int8, OpenVINO IR fp32/int8 (as the exporters write them);
+    with `full` False only the fp32 ONNX and IR."""
     from fuse_export.export.to_openvino import export_openvino
 
     loaded = load_model(checkpoint)
@@ -105,11 +119,12 @@ def export_224(checkpoint: Path, csv: Path, work: Path, size: int, calibration: 
     view = ExportView(loaded.model).eval()
     meta = artifact_metadata(pre)
     example = torch.from_numpy(np.ascontiguousarray(x))
-    export_torchscript(view, example, out / "model.torchscript", meta)
     export_onnx(view, example, out / "model.onnx", IO_CONTRACT, meta)
-    quantize_int8(out / "model.onnx", out / "model.int8.onnx", {**meta, "precision": "int8"}, calib, pre)
     export_openvino(out / "model.onnx", out / "model.xml", meta)
-    export_openvino(out / "model.int8.onnx", out / "model.int8.xml", {**meta, "precision": "int8"})
+    if full:
+        export_torchscript(view, example, out / "model.torchscript", meta)
+        quantize_int8(out / "model.onnx", out / "model.int8.onnx", {**meta, "precision": "int8"}, calib, pre)
+        export_openvino(out / "model.int8.onnx", out / "model.int8.xml", {**meta, "precision": "int8"})
     return out, pre
 
 
@@ -181,28 +196,87 @@ def latency(checkpoint: Path, folder: Path, pre: Preprocessing, keys: list[str],
     return out
 
 
+def paired_rounds(a: Callable[[], Any], b: Callable[[], Any], rounds: int, iterations: int,
+                  warmup: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a ms, b ms, per-round median(a) / median(b)): calls alternate a, b, a, b ... within each round, the
+    order flipped every round, so both see the same machine state; a round is the unit of the interval."""
+    ta, tb, ratio = [], [], []
+    for r in range(rounds):
+        for _ in range(warmup):
+            a(), b()
+        ra, rb = [], []
+        for i in range(2 * iterations):
+            fn, out = (a, ra) if (i + r) % 2 == 0 else (b, rb)
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
+        ta += ra
+        tb += rb
+        ratio.append(float(np.median(ra) / np.median(rb)))
+    return np.array(ta), np.array(tb), np.array(ratio)
+
+
+def ratio_summary(per_round: np.ndarray, target: float, seed: int = 0, resamples: int = 5000) -> dict[str, Any]:
+    """Median of the per-round ratios, their 5-95th percentile range, and a bootstrap 95% interval of the
+    median (rounds resampled with replacement), with where that interval lies against `target`."""
+    rng = np.random.default_rng(seed)
+    boot = np.median(rng.choice(per_round, (resamples, per_round.size), replace=True), axis=1)
+    lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    verdict = "met" if hi <= target else "missed" if lo > target else "undecided (the interval straddles it)"
+    return {"median": float(np.median(per_round)), "rounds": int(per_round.size),
+            "p5": float(np.percentile(per_round, 5)), "p95": float(np.percentile(per_round, 95)),
+            "bootstrap95": [lo, hi], "target": target, "verdict": verdict,
+            "per_round": [round(float(v), 4) for v in per_round]}
+
+
+def post_pooling_profile(core, xml: Path, cfg: dict[str, str], x: np.ndarray, calls: int = 30) -> dict[str, Any]:
+    """OpenVINO's per-node timings (PERF_COUNT, a separate compile so the timed models carry no profiling):
+    median us per executed node summed over the graph and over the nodes after its last global pooling."""
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU", {**cfg, "PERF_COUNT": "YES"})
+    request = compiled.create_infer_request()
+    per_node: dict[str, list[float]] = {}
+    kinds: dict[str, str] = {}
+    for i in range(calls + 3):
+        request.infer({0: x})
+        if i < 3:
+            continue
+        for p in request.get_profiling_info():
+            if p.status == p.Status.EXECUTED:
+                per_node.setdefault(p.node_name, []).append(p.real_time.total_seconds() * 1e6)
+                kinds[p.node_name] = f"{p.node_type} ({p.exec_type})"
+    order = list(per_node)  # execution order
+    pools = [i for i, n in enumerate(order) if kinds[n].split()[0] in ("ReduceMean", "Reduce", "AvgPool", "Pooling")
+             and "max" not in n.lower()]
+    after = order[pools[-1] + 1:] if pools else []
+    med = {n: float(np.median(v)) for n, v in per_node.items()}
+    return {"total_us": sum(med.values()), "after_pooling_us": sum(med[n] for n in after),
+            "after_pooling_nodes": {n: {"kind": kinds[n], "us": round(med[n], 1)} for n in after}}
+
+
 def fused_vs_bare(fused_xml: Path, bare_xml: Path, threads: int, rounds: int, iterations: int, size: int,
-                  precisions: list[str]) -> dict[str, Any]:
-    """Fused IR vs bare ResNet-18 IR through OpenVINO at each precision, same settings, batch 1, interleaved."""
+                  precisions: list[str], target: float = 1.05) -> dict[str, Any]:
+    """Fused IR vs bare ResNet-18 IR through OpenVINO at each precision, same settings (the runner's config),
+    batch 1: paired rounds, a bootstrap interval of the per-round ratio, and where the fused graph spends
+    its extra time (per-node profile after global pooling)."""
     import openvino as ov
 
     from fuse_export.runners.openvino_runner import INFERENCE_PRECISION
 
     core = ov.Core()
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    calls = {}
+    out: dict[str, Any] = {}
     for precision in precisions:
         cfg = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[precision], "INFERENCE_NUM_THREADS": str(threads),
                "PERFORMANCE_HINT": "LATENCY"}
-        for name, xml in (("fused", fused_xml), ("bare", bare_xml)):
-            req = core.compile_model(core.read_model(str(xml)), "CPU", cfg).create_infer_request()
-            calls[f"{name} {precision}"] = lambda req=req: req.infer({0: x})
-    res = interleaved(calls, rounds, iterations, 3, f"bare {precisions[0]}")
-    out = {"timings": res}
-    for precision in precisions:
-        per_round = np.array(res[f"fused {precision}"]["ratio_per_round"]) / np.array(
-            res[f"bare {precision}"]["ratio_per_round"])
-        out[f"fused_over_bare_{precision}"] = float(np.median(per_round))
+        reqs = {name: core.compile_model(core.read_model(str(xml)), "CPU", cfg).create_infer_request()
+                for name, xml in (("fused", fused_xml), ("bare", bare_xml))}
+        fused_ms, bare_ms, per_round = paired_rounds(lambda: reqs["fused"].infer({0: x}),
+                                                     lambda: reqs["bare"].infer({0: x}), rounds, iterations, 3)
+        out[precision] = {"fused_ms": float(np.median(fused_ms)), "bare_ms": float(np.median(bare_ms)),
+                          "fused_over_bare": ratio_summary(per_round, target),
+                          "profile": {name: post_pooling_profile(core, xml, cfg, x)
+                                      for name, xml in (("fused", fused_xml), ("bare", bare_xml))}}
+        out[f"fused_over_bare_{precision}"] = out[precision]["fused_over_bare"]["median"]
     return out
 
 
@@ -221,6 +295,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--iterations", type=int, default=10, help="Timed calls per round at batch 1")
     ap.add_argument("--iterations-b32", type=int, default=2, help="Timed calls per round at batch 32")
+    ap.add_argument("--bare-rounds", type=int, default=40, help="Paired rounds of the fused-vs-bare comparison")
+    ap.add_argument("--bare-iterations", type=int, default=10, help="Calls of each model per paired round")
+    ap.add_argument("--only-fused-vs-bare", action="store_true",
+                    help="Skip parity, accuracy and the backend table: export the fp32 IR and compare it to a bare "
+                         "ResNet-18 only")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -236,19 +315,27 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         checkpoint, csv = model_and_data(args, work)
-        print("parity and accuracy at the training size ...", flush=True)
-        quality = parity_and_accuracy(checkpoint, csv, work, keys, args.calibration_samples, args.threads)
+        quality: dict[str, Any] = {}
+        lat: dict[str, Any] = {}
+        if not args.only_fused_vs_bare:
+            print("parity and accuracy at the training size ...", flush=True)
+            quality = parity_and_accuracy(checkpoint, csv, work, keys, args.calibration_samples, args.threads)
         print(f"exporting at {args.size}x{args.size} ...", flush=True)
-        folder, pre = export_224(checkpoint, csv, work, args.size, args.calibration_samples)
-        pool = normalize(load_calibration(csv, pre, 8).held_out, pre)
-        print("timing (interleaved rounds) ...", flush=True)
-        lat = latency(checkpoint, folder, pre, keys, args.threads, args.rounds,
-                      {1: args.iterations, 32: args.iterations_b32}, pool)
+        folder, pre = export_224(checkpoint, csv, work, args.size, args.calibration_samples,
+                                 full=not args.only_fused_vs_bare)
+        if not args.only_fused_vs_bare:
+            pool = normalize(load_calibration(csv, pre, 8).held_out, pre)
+            print("timing (interleaved rounds) ...", flush=True)
+            lat = latency(checkpoint, folder, pre, keys, args.threads, args.rounds,
+                          {1: args.iterations, 32: args.iterations_b32}, pool)
         precisions = ["fp32"] + (["bf16"] if cpu.native_bf16 else [])
+        print(f"fused vs bare ResNet-18 through OpenVINO ({args.bare_rounds} paired rounds) ...", flush=True)
         bare = fused_vs_bare(folder / "model.xml", bare_resnet18_ir(work, args.size, pre.num_classes), args.threads,
-                             args.rounds, args.iterations, args.size, precisions)
+                             args.bare_rounds, args.bare_iterations, args.size, precisions)
     load["end"] = os.getloadavg()
-    report(args, cpu, keys, quality, lat, bare)
+    if quality:
+        report(args, cpu, keys, quality, lat)
+    report_fused_vs_bare(cpu, bare)
     print(f"load average (1, 5, 15 min) at start {load['start']}, at end {load['end']} on {cpu.logical_cpus} CPUs")
     if args.json:
         write_json(args.json, {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -257,7 +344,7 @@ def main() -> None:
                                "latency": lat, "fused_vs_bare": bare, "load_average": load})
 
 
-def report(args: argparse.Namespace, cpu, keys: list[str], quality: dict, lat: dict, bare: dict) -> None:
+def report(args: argparse.Namespace, cpu, keys: list[str], quality: dict, lat: dict) -> None:
     """The side-by-side table, the best backend and the targets."""
     print(f"date {dt.date.today().isoformat()}; CPU {cpu.summary()}")
     print(f"latency at {args.size}x{args.size}, {args.threads} threads, {args.rounds} interleaved rounds x "
@@ -283,16 +370,32 @@ def report(args: argparse.Namespace, cpu, keys: list[str], quality: dict, lat: d
               f"{b32['images_per_s']:>10.1f} {b32['ratio']:>11.3f} {par.get('max_abs_prob', float('nan')):>8.1e} "
               f"{100 * par.get('top1_agreement', float('nan')):>6.1f}% {'held' if par.get('passed') else 'FAIL':>6} "
               f"{'-' if acc is None else f'{100 * acc:.1f}%':>7}")
+    for k in keys:
+        if quality.get(k, {}).get("status") == "failed":
+            print(f"  {k}: {quality[k]['reason']}")
     if best:
         ratio = lat["batch_1"][best]["ratio"]
         print(f"best backend at batch 1 (parity bound held, accuracy within 1 point of fp32): {best}, "
               f"{ratio:.3f}x eager fp32")
         target = "target <= 0.10 (CPU with AMX)" if cpu.has_amx else "no AMX here: the 0.10 target does not apply"
         print(f"  {target}{': met' if cpu.has_amx and ratio <= 0.10 else ''}")
-    for key, value in bare.items():
-        if key.startswith("fused_over_bare_"):
-            prec = key.removeprefix("fused_over_bare_")
-            print(f"fused / bare ResNet-18 through OpenVINO {prec}, batch 1 (target <= 1.05): {value:.3f}")
+
+
+def report_fused_vs_bare(cpu, bare: dict) -> None:
+    """The fused / bare ratio per precision with its interval, and the fused graph's time after pooling."""
+    print(f"CPU {cpu.summary()}")
+    for prec, res in bare.items():
+        if prec.startswith("fused_over_bare_"):
+            continue
+        r = res["fused_over_bare"]
+        lo, hi = r["bootstrap95"]
+        print(f"fused / bare ResNet-18 through OpenVINO {prec}, batch 1 (target <= {r['target']}): median "
+              f"{r['median']:.3f} over {r['rounds']} paired rounds (fused {res['fused_ms']:.2f} ms, bare "
+              f"{res['bare_ms']:.2f} ms); bootstrap 95% interval {lo:.3f}-{hi:.3f}; per-round 5-95% "
+              f"{r['p5']:.3f}-{r['p95']:.3f}: {r['verdict']}")
+        for name, prof in res["profile"].items():
+            print(f"  {name}: per-node profile {prof['total_us'] / 1e3:.2f} ms, after global pooling "
+                  f"{prof['after_pooling_us']:.0f} us ({len(prof['after_pooling_nodes'])} nodes)")
 
 
 if __name__ == "__main__":

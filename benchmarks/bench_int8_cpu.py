@@ -16,6 +16,7 @@ not depend on the input size and the per-image work scales with the pixel count)
 The ratio reported is the median over rounds of (int8 median / fp32 median) in that round.
 
     python benchmarks/bench_int8_cpu.py [--checkpoint best.pt --data faces.csv] [--work DIR] [--json out.json]
+        [--int8-weights auto|8|7]   (auto: 7-bit weights on an x86 CPU without VNNI, as `export` does)
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ from fuse_export.contract import IO_CONTRACT, Preprocessing
 from fuse_export.export.formats import FORMATS
 from fuse_export.export.manifest import tool_versions
 from fuse_export.export.metadata import artifact_metadata
+from fuse_export.errors import ParityError
 from fuse_export.export.calibration import load_calibration, normalize
+from fuse_export.export.int8_weights import INT8_WEIGHTS, int8_weight_range
 from fuse_export.export.onnx_precision import quantize_int8
+from fuse_export.export.options import VerifyOptions, failed_name
 from fuse_export.export.to_onnx import export_onnx
 from fuse_export.fileio import write_json
 from fuse_export.model.fused import ExportView
@@ -91,21 +95,28 @@ def ort_session(path: Path, threads: int):
 
 
 def accuracy(checkpoint: Path, csv: Path, work: Path, calibration: int, method: str, scheme: str,
-             threads: int) -> dict[str, Any]:
+             threads: int, weights: str = "auto") -> dict[str, Any]:
     """fp32 and int8 ONNX at the training size on the whole test split (through the export workflow)."""
     from fuse_export.data.fer2013 import load_fer2013_csv
     from fuse_export.data.transforms import eval_pixels_transform
 
     out = work / "export-train-size"
-    result = export_checkpoint(checkpoint, [FORMATS["onnx"]], out, precisions=["fp32", "int8"], calibration_data=csv,
-                               calibration_samples=calibration, calibration_method=method, int8_scheme=scheme)
+    int8_file = "model.int8.onnx"
+    try:  # a file export refuses (e.g. --int8-weights 8 on a CPU without VNNI) is kept and measured all the same
+        result = export_checkpoint(checkpoint, [FORMATS["onnx"]], out, verify=VerifyOptions(keep_failed=True),
+                                   precisions=["fp32", "int8"], calibration_data=csv, calibration_samples=calibration,
+                                   calibration_method=method, int8_scheme=scheme, int8_weights=weights)
+        verification = {k: v.explain() for k, v in result.parity.items()}
+    except ParityError as exc:
+        int8_file = failed_name(int8_file)
+        verification = {"refused": str(exc)}
     pre = load_model(checkpoint).preprocessing
     split = load_fer2013_csv(csv).splits["test"]
     tf = eval_pixels_transform(pre)
     x = normalize(np.stack([tf(split.load(i)).numpy().transpose(1, 2, 0) for i in range(len(split))]), pre)
     probs = {}
-    for name in ("model.onnx", "model.int8.onnx"):
-        sess = ort_session(out / name, threads)
+    for name, file in (("model.onnx", "model.onnx"), ("model.int8.onnx", int8_file)):
+        sess = ort_session(out / file, threads)
         probs[name] = np.concatenate([sess.run(["probabilities"], {"image": x[i:i + 32]})[0]
                                       for i in range(0, len(x), 32)])
     acc = {k: float((p.argmax(1) == split.labels).mean()) for k, p in probs.items()}
@@ -115,12 +126,12 @@ def accuracy(checkpoint: Path, csv: Path, work: Path, calibration: int, method: 
         "drop_points": 100 * (acc["model.onnx"] - acc["model.int8.onnx"]),
         "top1_agreement": float((probs["model.onnx"].argmax(1) == probs["model.int8.onnx"].argmax(1)).mean()),
         "max_abs_prob": float(np.abs(probs["model.onnx"] - probs["model.int8.onnx"]).max()),
-        "export_verification": {k: v.explain() for k, v in result.parity.items()},
+        "export_verification": verification,
     }
 
 
 def latency(checkpoint: Path, csv: Path, work: Path, size: int, calibration: int, method: str, scheme: str,
-            threads: int, rounds: int, iterations: int, warmup: int) -> dict[str, Any]:
+            threads: int, rounds: int, iterations: int, warmup: int, weights: str = "auto") -> dict[str, Any]:
     """fp32 vs int8 ONNX Runtime at `size`, batch 1, in interleaved rounds."""
     loaded = load_model(checkpoint)
     pre = Preprocessing(size, loaded.preprocessing.class_names, loaded.preprocessing.mean, loaded.preprocessing.std,
@@ -131,7 +142,7 @@ def latency(checkpoint: Path, csv: Path, work: Path, size: int, calibration: int
     meta = artifact_metadata(pre)
     x = normalize(calib.held_out, pre)
     export_onnx(view, torch.from_numpy(x[:2].copy()), fp32, IO_CONTRACT, meta)
-    quantize_int8(fp32, int8, {**meta, "precision": "int8"}, calib, pre, method, scheme=scheme)
+    quantize_int8(fp32, int8, {**meta, "precision": "int8"}, calib, pre, method, scheme=scheme, weights=weights)
     sessions = {"fp32": ort_session(fp32, threads), "int8": ort_session(int8, threads)}
     one = np.ascontiguousarray(x[:1])
     times: dict[str, list[float]] = {k: [] for k in sessions}
@@ -168,6 +179,8 @@ def main() -> None:
     ap.add_argument("--calibration-samples", type=int, default=500)
     ap.add_argument("--calibration-method", default="minmax", choices=("minmax", "entropy", "percentile"))
     ap.add_argument("--int8-scheme", default="u8s8", choices=("u8s8", "s8s8"))
+    ap.add_argument("--int8-weights", default="auto", choices=INT8_WEIGHTS,
+                    help="int8 weight range (auto: 7-bit on an x86 CPU without VNNI, as export does)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--iterations", type=int, default=20)
@@ -183,18 +196,22 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         checkpoint, csv = model_and_data(args, work)
         acc = accuracy(checkpoint, csv, work, args.calibration_samples, args.calibration_method, args.int8_scheme,
-                       args.threads)
+                       args.threads, args.int8_weights)
         lat = latency(checkpoint, csv, work, args.size, args.calibration_samples, args.calibration_method,
-                      args.int8_scheme, args.threads, args.rounds, args.iterations, args.warmup)
+                      args.int8_scheme, args.threads, args.rounds, args.iterations, args.warmup, args.int8_weights)
     flags = cpu_flags()
     print(f"date {dt.date.today().isoformat()}; CPU {machine_info()['cpu']}; int8-relevant flags: "
           f"{', '.join(flags) or 'none'}")
+    weights = int8_weight_range(args.int8_weights)
     print(f"calibration: {args.calibration_samples} training images, {args.calibration_method}; Q/DQ scheme "
-          f"{args.int8_scheme}, per-channel weights")
+          f"{args.int8_scheme}, per-channel {weights.bits}-bit weights ({weights.reason})")
     print(f"accuracy at {acc['image_size']}x{acc['image_size']} on {acc['test_images']} test images: "
           f"fp32 ORT {acc['fp32_accuracy']:.2%}, int8 ORT {acc['int8_accuracy']:.2%}, drop "
           f"{acc['drop_points']:+.2f} points (target <= 1); top-1 agreement {acc['top1_agreement']:.2%}, "
           f"max |dprob| {acc['max_abs_prob']:.3f}")
+    if "refused" in acc["export_verification"]:
+        print(f"  export's own verification refused the int8 file (measured all the same): "
+              f"{acc['export_verification']['refused']}")
     print(f"latency at {lat['image_size']}x{lat['image_size']}, batch 1, {lat['threads']} threads, {lat['rounds']} "
           f"rounds x {lat['iterations']} calls:")
     for key in ("fp32", "int8"):
@@ -208,7 +225,7 @@ def main() -> None:
         write_json(args.json, {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                                "machine": machine_info(), "cpu_flags": flags, "versions": tool_versions(),
-                               "accuracy": acc, "latency": lat, "targets_met": met})
+                               "int8_weights": weights.to_dict(), "accuracy": acc, "latency": lat, "targets_met": met})
 
 
 if __name__ == "__main__":

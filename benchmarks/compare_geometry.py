@@ -13,21 +13,24 @@ from a real "current" run: its best epoch was chosen through the squash eval.) E
 synthetic-quick recipe (64x64 input, 12 epochs) on the same synthetic CSV, 3 seeds. Reported per (pair,
 seed): fused and per-head accuracy on the validation split (the choice is made on validation) and on test.
 
-    nice -n 10 python benchmarks/compare_geometry.py                      # 6 trainings
-    nice -n 10 python benchmarks/compare_geometry.py --set samples_per_class=40 --set epochs=2 --set 'seeds=[0]'
-Results: benchmarks/results/compare_geometry.json and .md. Runs are cached under --work.
+    setsid nohup python benchmarks/compare_geometry.py > runs/compare_geometry.log 2>&1 &   # 6 trainings
+    python benchmarks/compare_geometry.py --set samples_per_class=40 --set epochs=2 --set 'seeds=[0]'  # a smoke run
+Results: benchmarks/results/compare_geometry.json and .md, generated from compare_geometry.jsonl (one line per
+finished row, appended at once; a rerun resumes). Every row records the full recipe it trained with, and the
+stacker is chosen as the trainer chooses it today (`stacking.select`, train/stacking.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from report_blocks import publish  # noqa: E402
 
 from fuse_export.contract import Preprocessing  # noqa: E402
 from fuse_export.data.fer2013 import load_fer2013_csv  # noqa: E402
@@ -71,8 +77,9 @@ TRAININGS = {"squash-train": ("squash", {"squash": "scn", "resize-crop": "curren
 
 def measure(cfg: Config, training: str, seed: int, data: Path, run_dir: Path) -> list[dict[str, Any]]:
     """Train once; score the best checkpoint through both eval geometries (stacker refitted per geometry)."""
-    from fuse_export.model.stacker import Stacker, fit_stacker
+    from fuse_export.model.stacker import Stacker
     from fuse_export.train.build import holdout_split
+    from fuse_export.train.stacking import choose_stacker
 
     geometry, pairs = TRAININGS[training]
     recipe = load_recipe(ROOT / "recipes" / "synthetic-quick.toml").replace(
@@ -90,30 +97,47 @@ def measure(cfg: Config, training: str, seed: int, data: Path, run_dir: Path) ->
         pre = Preprocessing(cfg.image_size, ds.class_names, color_mode=ds.color_mode, geometry=g)
         heads = {k: predict_heads(model, eval_batches(sp, eval_transform(pre), 128), cpu) for k, sp in splits.items()}
         st = Stacker(model.config.num_classes, model.config.stacker)
-        h = heads["hold"]
-        fit_stacker(st, st.features(h.dcnn_logits, h.scn_logits, h.alpha), torch.from_numpy(splits["hold"].labels),
-                    recipe.stacking.weight_decay, recipe.stacking.max_iter)
+        h, sk = heads["hold"], recipe.stacking
+        # As the trainer chooses it (train/stacking.py), on the held-out split seen through this geometry.
+        choice = choose_stacker(st, st.features(h.dcnn_logits, h.scn_logits, h.alpha),
+                                torch.from_numpy(splits["hold"].labels), select=sk.select, folds=sk.folds,
+                                strengths=sk.strengths, weight_decay=sk.weight_decay, max_iter=sk.max_iter, seed=seed)
         model.stacker.load_state_dict(st.state_dict())
         acc = {k: head_accuracies(model, heads[k], torch.from_numpy(splits[k].labels)) for k in ("val", "test")}
         rows.append({"pair": pair, "seed": seed, "training": training, "train_geometry": geometry,
                      "eval_geometry": g, "best_epoch": result.best_epoch, "val_acc": acc["val"],
-                     "test_acc": acc["test"], "train_seconds": round(seconds, 1)})
+                     "test_acc": acc["test"], "train_seconds": round(seconds, 1), "stacker": choice.winner,
+                     "recipe": recipe.to_dict()})
     return rows
 
 
-def cached(cfg: Config, training: str, seed: int, data: Path, run_dir: Path) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    cache = run_dir / "measured.json"
-    key = json.dumps([asdict(replace(cfg, seeds=())), training, seed], sort_keys=True)
-    if cache.exists() and json.loads(cache.read_text()).get("key") == key:
-        return json.loads(cache.read_text())
+def run_cell(cfg: Config, training: str, seed: int, data: Path, run_dir: Path) -> list[dict[str, Any]]:
     run_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*run_dir.glob("*.pt"), *(run_dir / n for n in ("metrics.jsonl", "metrics.csv", "summary.json"))]:
+        old.unlink(missing_ok=True)  # a cell killed half-way restarts from scratch
     with open(run_dir / "train.log", "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
-        row = {"rows": measure(cfg, training, seed, data, run_dir), "key": key}
-    write_json(cache, row)
+        rows = measure(cfg, training, seed, data, run_dir)
     for ckpt in run_dir.glob("*.pt"):
         ckpt.unlink()
-    return row
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out
+
+
+def code_digest() -> str:
+    """Hash of the code the numbers depend on: rows from older code are never reused."""
+    pkg = ROOT / "fuse_export"
+    files = sorted([*(pkg / "data").glob("*.py"), *(pkg / "model").glob("*.py"), *(pkg / "train").glob("*.py"),
+                    pkg / "contract.py", pkg / "preprocess.py", ROOT / "recipes" / "synthetic-quick.toml"])
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -139,7 +163,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def write_markdown(path: Path, doc: dict[str, Any]) -> None:
     s = doc["summary"]
     lines = [f"# Crop geometry comparison ({doc['date']})", "", f"Command: `{doc['command']}`", "",
-             f"Config: {json.dumps(doc['config'])}; machine: {doc['machine']}; wall {doc['wall_seconds']:.0f} s.", "",
+             f"Config: {json.dumps(doc['config'])}; machine: {doc['machine']}; training {doc['train_seconds_total']} s in all; load average "
+             f"{min(doc['load']):.2f}-{max(doc['load']):.2f} around the cells.", "",
              "| pair | train -> eval | val fused (mean +- sd) | val DCNN | val SCN | test fused | test DCNN | test SCN |",
              "|---|---|---|---|---|---|---|---|"]
     for pair, v in s.items():
@@ -150,6 +175,8 @@ def write_markdown(path: Path, doc: dict[str, Any]) -> None:
     lines += ["", f"Chosen (best mean validation fused accuracy among the consistent pairs scn and akhand): "
               f"**{doc['chosen']}** (geometry {doc['chosen_geometry']})", ""]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if doc["name"] == "compare_geometry":  # the pages quote this table: regenerate their block from it
+        publish("compare-geometry", "\n".join(lines[2:]))
 
 
 def main() -> None:
@@ -157,7 +184,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--work", type=Path, default=Path("runs/compare_geometry"))
     ap.add_argument("--name", default="compare_geometry")
-    ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = ap.parse_args()
     cfg = Config()
@@ -170,16 +196,32 @@ def main() -> None:
     if not data.exists():
         write_fer2013_csv(data, SyntheticSpec(samples_per_class=cfg.samples_per_class, seed=cfg.data_seed),
                           cfg.fractions)
-    rows, start = [], time.perf_counter()
-    jobs = [(cfg, t, s, data, work / f"{t}_seed{s}") for s in cfg.seeds for t in TRAININGS]
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(cached, *j) for j in jobs]
-        for i, fut in enumerate(as_completed(futures), 1):
-            got = fut.result()["rows"]
-            rows += got
-            print(f"[{i}/{len(jobs)} {time.perf_counter() - start:.0f}s] " + "; ".join(
-                f"{r['pair']} seed {r['seed']}: val fused {r['val_acc']['fused']:.3f}" for r in got)
-                + f"  {got[0]['train_seconds']}s", flush=True)
+    # Each finished training's rows are appended to NAME.jsonl at once; a rerun skips finished cells.
+    key = json.dumps([asdict(replace(cfg, seeds=())), code_digest()], sort_keys=True)
+    jsonl = args.out / f"{args.name}.jsonl"
+    rows = [r for r in _read_jsonl(jsonl) if r.get("key") == key]
+    start = time.perf_counter()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    cells = [(t, s) for s in cfg.seeds for t in TRAININGS]
+    for i, (training, seed) in enumerate(cells, 1):
+        if any(r["training"] == training and r["seed"] == seed for r in rows):
+            continue
+        load_before = os.getloadavg()[0]
+        got = run_cell(cfg, training, seed, data, work / f"{training}_seed{seed}")
+        extra = {"key": key, "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(jsonl, "a", encoding="utf-8") as fh:
+            for r in got:
+                fh.write(json.dumps(r | extra) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        rows += [r | extra for r in got]
+        print(f"[{i}/{len(cells)} {time.perf_counter() - start:.0f}s] " + "; ".join(
+            f"{r['pair']} seed {r['seed']}: val fused {r['val_acc']['fused']:.3f}" for r in got)
+            + f"  {got[0]['train_seconds']}s", flush=True)
+    if {(t, s) for t, s in cells} - {(r["training"], r["seed"]) for r in rows}:
+        print("not every cell has finished: rerun to resume; no report written")
+        return
     summary = summarize(rows)
     # Only a pair whose training and deployment agree can be the product's one geometry.
     chosen = max(("scn", "akhand"), key=lambda p: summary[p]["val_fused"]["mean"])
@@ -187,11 +229,12 @@ def main() -> None:
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    doc = {"config": asdict(cfg), "pairs": {k: v[1] for k, v in PAIRS.items()}, "runs": sorted(
+    doc = {"name": args.name, "config": asdict(cfg), "recipe": rows[0]["recipe"], "pairs": {k: v[1] for k, v in PAIRS.items()}, "runs": sorted(
         rows, key=lambda r: (r["pair"], r["seed"])), "summary": summary, "chosen": chosen,
            "chosen_geometry": summary[chosen]["eval_geometry"],
            "command": " ".join(["python benchmarks/compare_geometry.py", *sys.argv[1:]]),
-           "wall_seconds": time.perf_counter() - start, "date": time.strftime("%Y-%m-%d", time.gmtime()),
+           "train_seconds_total": round(sum({(r["training"], r["seed"]): r["train_seconds"] for r in rows}.values())),
+           "load": sorted({r["load_before"] for r in rows} | {r["load_after"] for r in rows}), "date": time.strftime("%Y-%m-%d", time.gmtime()),
            "machine": f"{cpu}, {multiprocessing.cpu_count()} cores, torch {torch.__version__}"}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.name}.json", doc)

@@ -163,6 +163,12 @@ class Int8Scheme(str, Enum):
     s8s8 = "s8s8"
 
 
+class Int8Weights(str, Enum):  # export/int8_weights.INT8_WEIGHTS
+    auto = "auto"
+    bits8 = "8"
+    bits7 = "7"
+
+
 @app.command()
 @user_errors
 def train(
@@ -241,6 +247,9 @@ def export(
     int8_scheme: Annotated[Int8Scheme, typer.Option(
         help="int8 Q/DQ types: u8s8 (fast on ONNX Runtime CPU), s8s8 (TensorRT); auto: s8s8 with --format "
              "tensorrt.")] = Int8Scheme.auto,
+    int8_weights: Annotated[Int8Weights, typer.Option(
+        help="int8 weight range: 8 bits, or 7 for x86 CPUs without VNNI (8-bit weights saturate there); auto: 7 "
+             "when this CPU lacks VNNI. Recorded in the manifest.")] = Int8Weights.auto,
     force: Annotated[bool, typer.Option(
         help="Replace OUT whole when it holds another checkpoint's artifacts.")] = False,
     atol: Annotated[Optional[float], typer.Option(
@@ -270,7 +279,8 @@ def export(
                             embed_preprocessing=embed_preprocessing, calibration_data=calibration_data,
                             calibration_samples=calibration_samples,
                             calibration_method=CalibrationMethod(calibration_method).value,
-                            int8_scheme=Int8Scheme(int8_scheme).value, simplify=simplify, optimize=optimize,
+                            int8_scheme=Int8Scheme(int8_scheme).value, int8_weights=Int8Weights(int8_weights).value,
+                            simplify=simplify, optimize=optimize,
                             device=parse_device(device))
     verify = VerifyOptions(atol=atol, rtol=rtol, keep_failed=keep_failed, data=verify_data,
                            data_format=verify_data_format, samples=verify_samples)
@@ -472,26 +482,47 @@ class AuditSplit(str, Enum):
     test = "test"
 
 
+class AuditMethod(str, Enum):
+    auto = "auto"
+    aum = "aum"
+    crossfit = "crossfit"
+    model = "model"
+
+
 @app.command("audit-labels")
 @user_errors
 def audit_labels(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `fuse-export train` (best.pt).")],
     data: Annotated[str, typer.Option(help="The data set to audit (in the checkpoint recipe's data format).")],
     split: Annotated[AuditSplit, typer.Option(help="Which split's labels to audit.")] = AuditSplit.train,
+    method: Annotated[AuditMethod, typer.Option(
+        help="What ranks the samples: aum (training dynamics saved with the run), crossfit (--folds models, each "
+             "scoring the fold it did not train on), model (the checkpoint's own probabilities: in-sample on the "
+             "train split), or auto (the measured best: aum on train, model elsewhere).")] = AuditMethod.auto,
+    folds: Annotated[int, typer.Option(min=2, help="crossfit: fold models to train (the recipe, capped epochs).")] = 5,
+    fold_epochs: Annotated[int, typer.Option(min=0, help="crossfit: epochs per fold model (0: the recipe's, at "
+                                                         "most 8).")] = 0,
+    per_class: Annotated[bool, typer.Option(help="Per-class thresholds (confident learning), so classes the model "
+                                                 "is unsure of (rare ones) do not flood the top: for imbalanced "
+                                                 "sets.")] = False,
     top: Annotated[int, typer.Option(min=1, help="Rows of the table (the CSV holds every sample).")] = 20,
     out: Annotated[Optional[Path], typer.Option(help="Write every sample, most suspicious first, to this CSV.")] = None,
     device: Annotated[str, typer.Option(help="Where to run the model: auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
 ) -> None:
-    """Rank samples by how likely their label is wrong (1 - P(given)), with SCN's alpha and relabel margin."""
-    from fuse_export.audit import audit_checkpoint, audit_table, write_audit_csv
+    """Rank samples by how likely their label is wrong (out-of-sample evidence), with SCN's alpha and margin."""
+    from fuse_export.audit import AuditOptions, audit_checkpoint, audit_table, write_audit_csv
     from fuse_export.compare.report import table_console
 
-    audit = audit_checkpoint(checkpoint, data, split.value, batch_size=batch_size, device=_run_device(device))
+    options = AuditOptions(split=split.value, method=method.value, folds=folds, fold_epochs=fold_epochs,
+                           per_class=per_class, batch_size=batch_size, device=_run_device(device))
+    audit = audit_checkpoint(checkpoint, data, options)
+    for line in audit.warnings:
+        typer.echo(line, err=True)
     table_console().print(audit_table(audit, top))
     if out is not None:
         write_audit_csv(audit, out)
-        typer.echo(f"csv: {out} ({len(audit)} samples, most suspicious first)")
+        typer.echo(f"csv: {out} ({len(audit)} samples, most suspicious first, ranked by {audit.method})")
 
 
 class EnginePrecision(str, Enum):

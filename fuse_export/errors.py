@@ -19,6 +19,7 @@ class DataError(UserError):
         super().__init__(f"{where}: {problem}")
         self.path = str(path)
         self.line = line
+        self.problem = problem
 
 
 class RecipeError(UserError):

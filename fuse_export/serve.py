@@ -1,31 +1,47 @@
-"""`serve`: an export folder behind a real Triton Inference Server (PyTriton), any fuse-export runner inside.
+"""`serve`: an export folder behind a real Triton Inference Server, any fuse-export runner inside.
 
-PyTriton starts the `tritonserver` binary its wheel bundles; each Triton model is a Python-backend proxy that
-hands batches to a callable in this process, where the runner the backend table picks (the same selection as
-`predict`) does the inference. Two models share the runners: MODEL takes the artifact's tensor contract
-(`image`), BYTES_MODEL takes one encoded JPEG/PNG per item (`image_bytes`), decoded and preprocessed here with
-the model's preprocessing contract. Both answer logits, probabilities, confidence and the label.
+The `tritonserver` binary and its Python backend come from the nvidia-pytriton wheel; `serve` writes a model
+repository of two Python-backend models and starts the server on it. Each model instance is a backend stub
+process that loads the runner the backend table picks (the same selection as `predict`) and runs Triton's
+batches itself (fuse_export.serve_models). MODEL takes the artifact's tensor contract (`image`), BYTES_MODEL
+one encoded JPEG/PNG per item (`image_bytes`), decoded and preprocessed with the model's preprocessing
+contract. Both answer logits, probabilities, confidence and the label.
 
-Two traps of the wheel are handled here, not left to the docs: its Python-backend stub must load the running
-interpreter's own libpython (LD_LIBRARY_PATH = sysconfig LIBDIR), and the stub needs numpy < 2.
+Why not PyTriton's own `Triton().bind()`: its proxy model hands every batch from the stub to the binding
+process and back (a ZeroMQ message, a shared-memory tensor store run by a manager process): 5-6 ms per
+request here with a model that does nothing, against 0.5 ms for a stub that runs the model itself (measured,
+benchmarks/RESULTS.md "Serving on Triton"). The wheel's traps are handled in fuse_export.serve_env.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuse_export.errors import BackendUnavailable, UserError
-from fuse_export.serve_env import (check_ports_free, check_serving_numpy, import_pytriton, server_temp_dir,
-                                   stub_environment)
-from fuse_export.serve_models import Instance, model_tensors
+from fuse_export.errors import BackendUnavailable, IntegrityError, UserError
+from fuse_export.serve_env import (check_ports_free, check_serving_numpy, die_with_parent, find_tritonserver,
+                                   prepare_backends, runner_threads, server_environment, server_temp_dir)
+from fuse_export.serve_models import BYTES, TENSOR, model_tensors
 
+# What Triton's Python backend loads. The stub's Python runs isolated (no PYTHONPATH): the folder holding this
+# very fuse_export goes first on its path, so the stub runs the same code as `serve`, installed or not.
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+MODEL_PY = """import sys
+if {root} not in sys.path:
+    sys.path.insert(0, {root})
+from fuse_export.serve_models import TritonPythonModel  # noqa: E402,F401
+"""
 MODEL = "fer"  # tensor contract: `image` as the artifact takes it
 BYTES_MODEL = "fer_image"  # encoded image bytes, preprocessed server-side
 
@@ -43,7 +59,7 @@ class ServeOptions:
     max_queue_delay_us: int = 500
     dynamic_batching: bool = True
     instances: int = 1
-    threads: int | None = None  # intra-op threads per runner (None: the runtime's default)
+    threads: int | None = None  # intra-op threads per runner (None: physical cores / instances, never unset)
     drain_timeout_s: int = 30  # SIGTERM: how long in-flight requests (and open connections) may take
 
     def check(self) -> None:
@@ -68,12 +84,14 @@ class Server:
     export_dir: Path
     options: ServeOptions = field(default_factory=ServeOptions)
     selected: Any = None  # fuse_export.predict.Selected once started
-    _instances: list[Instance] = field(default_factory=list)
-    _triton: Any = None
+    threads: int = 0  # intra-op threads of each runner (ServeOptions.threads, or resolved by runner_threads)
+    start_timeout_s: float = 300.0  # loading the runners included
+    _proc: subprocess.Popen | None = None
     _tmp: Path | None = None
 
     def start(self) -> Server:
-        """Select and load the runners, then start Triton; every user error is raised before it listens."""
+        """Select the runner, write the model repository, start Triton and wait until both models are ready.
+        Every user error (a runner that cannot load included) is raised before the server listens."""
         from fuse_export.predict import select
         from fuse_export.runners.registry import BACKENDS
 
@@ -81,30 +99,20 @@ class Server:
         opts.check()
         check_ports_free(opts.host, {"--http-port": opts.http_port, "--grpc-port": opts.grpc_port,
                                      "--metrics-port": opts.metrics_port})
-        triton = import_pytriton()
+        dist = find_tritonserver()
         check_serving_numpy()
         self.selected = sel = select(self.export_dir, opts.backend)
-        backend = BACKENDS[sel.backend]
-        ok, why = backend.available()
+        ok, why = BACKENDS[sel.backend].available()
         if not ok:
             raise BackendUnavailable(f"backend {sel.backend}: {why}")
         if sel.static_batch:
             raise UserError(f"{sel.path}: a static-batch export cannot take Triton's batches; "
                             "serve a dynamic-batch export (fuse-export export without --static-batch)")
+        self.threads = runner_threads(opts.threads, opts.instances)
         try:
-            for _ in range(opts.instances):
-                runner = backend.factory(sel.path, sel.checkpoint, sel.pre, opts.threads, sel.embed)
-                self._instances.append(Instance(runner.activate(), sel.pre, sel.embed))
-        except UserError:
-            self._close_runners()
-            raise
-        except Exception as exc:  # a runtime's own load error (a corrupt file, an unsupported op): one line
-            self._close_runners()
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise BackendUnavailable(f"{sel.path or sel.checkpoint}: the {sel.backend} runner failed to load "
-                                     f"({exc.__class__.__name__}: {first[:200]})") from None
-        try:
-            self._start_triton(triton)
+            self._tmp = server_temp_dir()
+            self._launch(dist, self._write_repository())
+            self._wait_ready()
         except BaseException as exc:
             last = self.log_tail(1).strip()
             self.stop()
@@ -115,57 +123,96 @@ class Server:
                                      + (f"; its log ends: {last[:300]}" if last else "")) from None
         return self
 
-    def _start_triton(self, triton: Any) -> None:
-        from pytriton.decorators import batch
-        from pytriton.model_config import DynamicBatcher, ModelConfig
+    def _write_repository(self) -> Path:
+        """MODEL and BYTES_MODEL as Python-backend models whose parameters name the runner to load."""
+        from pytriton.model_config.common import DeviceKind, DynamicBatcher
+        from pytriton.model_config.generator import ModelConfigGenerator
+        from pytriton.model_config.triton_model_config import TritonModelConfig
 
-        opts = self.options
-        self._tmp = server_temp_dir()
-        config = triton.TritonConfig(
-            http_address=opts.host, http_port=opts.http_port, grpc_address=opts.host, grpc_port=opts.grpc_port,
-            metrics_address=opts.host, metrics_port=opts.metrics_port, exit_timeout_secs=opts.drain_timeout_s,
-            log_file=self._tmp / "tritonserver.log",
-            # GPU metrics only where an NVIDIA driver is (elsewhere tritonserver prints an NVML error at start).
-            allow_gpu_metrics=None if Path("/dev/nvidiactl").exists() else False)
-        self._triton = triton.Triton(config=config, workspace=self._tmp / "workspace")
-        tensor_in, bytes_in, outputs = model_tensors(self._instances[0].runner.contract, self.selected.pre)
-        batcher = (DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us)
-                   if opts.dynamic_batching else None)
-        self._triton.bind(MODEL, [batch(i.infer_tensor) for i in self._instances], [tensor_in], outputs,
-                          config=ModelConfig(max_batch_size=opts.max_batch_size, batcher=batcher))
+        from fuse_export.contract import io_contract
+
+        opts, sel, repo = self.options, self.selected, self._tmp / "models"
+        tensor_in, bytes_in, outputs = model_tensors(io_contract(sel.embed), sel.pre)
+        batcher = DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us) if opts.dynamic_batching \
+            else None
         # No dynamic batcher for encoded images: a corrupt one fails its own request only, never the requests
         # of other clients that Triton would have merged into the same batch.
-        self._triton.bind(BYTES_MODEL, [batch(i.infer_bytes) for i in self._instances], [bytes_in], outputs,
-                          config=ModelConfig(max_batch_size=opts.max_batch_size, batcher=None))
-        with stub_environment():
-            self._triton.run()
+        for name, kind, spec, batching in ((MODEL, TENSOR, tensor_in, batcher), (BYTES_MODEL, BYTES, bytes_in, None)):
+            params = {"kind": kind, "export": str(Path(self.export_dir).resolve()), "backend": sel.backend,
+                      "threads": str(self.threads), "status": str(self._tmp / f"{name}.status.json")}
+            config = TritonModelConfig(model_name=name, max_batch_size=opts.max_batch_size, batching=True,
+                                       batcher=batching, instance_group={DeviceKind.KIND_CPU: opts.instances},
+                                       backend_parameters=params, inputs=[spec], outputs=outputs)
+            (repo / name / "1").mkdir(parents=True)
+            ModelConfigGenerator(config).to_file(repo / name / "config.pbtxt")
+            (repo / name / "1" / "model.py").write_text(MODEL_PY.format(root=repr(PACKAGE_ROOT)))
+        return repo
+
+    def _launch(self, dist: Any, repo: Path) -> None:
+        opts, tmp = self.options, self._tmp
+        backends = prepare_backends(dist, tmp / "backends")
+        cmd = [str(dist.binary), "--model-repository", str(repo), "--backend-directory", str(backends),
+               "--http-address", opts.host, "--http-port", str(opts.http_port),
+               "--grpc-address", opts.host, "--grpc-port", str(opts.grpc_port),
+               "--metrics-address", opts.host, "--metrics-port", str(opts.metrics_port),
+               "--exit-timeout-secs", str(opts.drain_timeout_s), "--log-file", str(tmp / "tritonserver.log"),
+               # Shared-memory regions named after this process: two servers on one machine must not collide.
+               "--backend-config", f"python,shm-region-prefix-name=fuse_export_{os.getpid()}_",
+               "--backend-config", "python,shm-default-byte-size=4194304",
+               "--backend-config", "python,shm-growth-byte-size=1048576"]
+        if not Path("/dev/nvidiactl").exists():  # elsewhere tritonserver prints an NVML error at start
+            cmd += ["--allow-gpu-metrics", "false"]
+        with open(tmp / "tritonserver.out", "wb") as out:
+            self._proc = subprocess.Popen(cmd, env=server_environment(dist), stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+
+    def _wait_ready(self) -> None:
+        """Until Triton answers ready; a model that failed to load stops it with that runner's own verdict."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.options.host, self.options.host)
+        url = f"http://{f'[{host}]' if ':' in host else host}:{self.options.http_port}/v2/health/ready"
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            for status in sorted(self._tmp.glob("*.status.json")):
+                verdict = json.loads(status.read_text() or "{}")
+                cls = IntegrityError if verdict.get("exit_code") == 1 else BackendUnavailable
+                raise cls(verdict.get("message", "a model failed to load"))
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with code {self._proc.returncode}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready after {self.start_timeout_s:.0f} s")
+            time.sleep(0.1)
 
     def stop(self) -> None:
-        """Drain and stop: Triton finishes in-flight requests (up to drain_timeout_s), then the runners close."""
-        if self._triton is not None:
-            with contextlib.suppress(Exception):
-                self._triton.stop()
-            self._triton = None
-        self._close_runners()
+        """Drain and stop: Triton finishes in-flight requests (up to drain_timeout_s), unloads, and exits."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:  # the drain, then Triton's own unload and the stubs' exit
+                proc.wait(timeout=self.options.drain_timeout_s + 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    def _close_runners(self) -> None:
-        for inst in self._instances:
-            with contextlib.suppress(Exception):
-                inst.runner.deactivate()
-        self._instances.clear()
-
     def is_alive(self) -> bool:
-        return self._triton is not None and self._triton.is_alive()
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The tritonserver process (the backend stubs are its children)."""
+        return self._proc.pid if self._proc is not None else None
 
     def log_tail(self, lines: int = 20) -> str:
-        """The last lines of tritonserver's own log (kept in a file so the console stays readable)."""
-        path = self._tmp / "tritonserver.log" if self._tmp else None
-        if path is None or not path.is_file():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        """The last lines of tritonserver's own log and console (kept in files so the console stays readable)."""
+        text = "".join((self._tmp / f).read_text(errors="replace") for f in ("tritonserver.log", "tritonserver.out")
+                       if self._tmp and (self._tmp / f).is_file())
+        return "\n".join(text.splitlines()[-lines:])
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -189,8 +236,8 @@ def ready_lines(server: Server) -> list[str]:
     batching = (f"dynamic batching, max queue delay {o.max_queue_delay_us} us" if o.dynamic_batching
                 else "no dynamic batching")
     return [
-        f"serving {sel.path or sel.checkpoint} with {sel.backend} ({o.instances} instance(s), max batch "
-        f"{o.max_batch_size}, {batching})",
+        f"serving {sel.path or sel.checkpoint} with {sel.backend} ({o.instances} instance(s) of "
+        f"{server.threads} thread(s), max batch {o.max_batch_size}, {batching})",
         f"models: {MODEL} (input 'image', the artifact's tensor contract), {BYTES_MODEL} (input 'image_bytes', "
         "one encoded JPEG/PNG per item); outputs logits, probabilities, confidence, label",
         f"HTTP (KServe v2): {ep['http']}   gRPC: {ep['grpc']}   metrics: {ep['metrics']}",
@@ -209,19 +256,11 @@ class _Interrupted(BaseException):
 
 def serve_forever(export_dir: str | os.PathLike, options: ServeOptions, echo=print) -> int:
     """Start, print the endpoints, serve until SIGINT/SIGTERM, drain, stop. Returns the exit code (0: clean)."""
-    import logging
-    import signal
-
-    # PyTriton logs every failed request with a traceback; the client already gets the error.
-    logging.getLogger("pytriton").setLevel(logging.ERROR)
-    # multiprocessing's resource tracker (a child started with this process's -W options) would report
-    # PyTriton's shared memory, which PyTriton itself unlinks, as leaked at every stop.
-    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
     stop, starting = threading.Event(), [True]
 
     def on_signal(*_: Any) -> None:
         stop.set()
-        if starting[0]:  # PyTriton's start-up waits with long timeouts: interrupt it, do not wait it out
+        if starting[0]:  # loading the runners can take long: interrupt the start, do not wait it out
             raise _Interrupted
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -1,35 +1,41 @@
-"""The inference callables `serve` binds into Triton, and the tensors they declare (from the I/O contract).
+"""The models `serve` puts into Triton: their tensors (from the I/O contract) and the Python-backend model code.
 
-PyTriton calls these in threads of the serving process, one thread per model instance; both Triton models of
-an instance share its runner, so a lock keeps runtimes whose sessions are not re-entrant (OpenVINO infer
-requests, TensorRT contexts) safe.
+Triton's Python backend runs `TritonPythonModel` in a stub process per model instance; each loads its own
+runner (the one the serving process selected, with its thread count) and answers Triton's batches directly,
+with no further process in between. MODEL's batches are whole merged batches (one runner call); BYTES_MODEL's
+requests are decoded one by one, so a corrupt image fails only its own request.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fuse_export.contract import IOContract, Preprocessing, check_outputs
-from fuse_export.errors import DataError, IntegrityError
+from fuse_export.errors import DataError, IntegrityError, UserError
+from fuse_export.fileio import write_json
 from fuse_export.runners.base import Runner
 
 LABEL = "label"
+TENSOR, BYTES = "tensor", "bytes"  # the two kinds of model (the `kind` parameter of the Triton config)
 
 
 def model_tensors(contract: IOContract, pre: Preprocessing) -> tuple[Any, Any, list[Any]]:
-    """PyTriton tensor specs, per item (Triton adds the batch axis): the contract's input, `image_bytes`, and
+    """Triton tensor specs, per item (Triton adds the batch axis): the contract's input, `image_bytes`, and
     the contract's outputs plus `label`."""
-    from pytriton.model_config import Tensor
+    from pytriton.model_config.triton_model_config import TensorSpec
 
     def spec(t) -> Any:
-        return Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=t.shape(-1, pre.num_classes, pre.image_size)[1:])
+        return TensorSpec(name=t.name, dtype=np.dtype(t.dtype).type,
+                          shape=tuple(t.shape(-1, pre.num_classes, pre.image_size)[1:]))
 
     (image,) = contract.inputs
-    outputs = [spec(t) for t in contract.outputs] + [Tensor(name=LABEL, dtype=bytes, shape=(1,))]
-    return spec(image), Tensor(name="image_bytes", dtype=bytes, shape=(1,)), outputs
+    outputs = [spec(t) for t in contract.outputs] + [TensorSpec(name=LABEL, dtype=bytes, shape=(1,))]
+    return spec(image), TensorSpec(name="image_bytes", dtype=bytes, shape=(1,)), outputs
 
 
 class Instance:
@@ -38,7 +44,7 @@ class Instance:
     def __init__(self, runner: Runner, pre: Preprocessing, embed: bool) -> None:
         self.runner, self.pre, self.embed = runner, pre, embed
         self.input_name = runner.contract.input_names[0]
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # runtimes whose sessions are not re-entrant (OpenVINO, TensorRT)
         self._labels = np.array([c.encode() for c in pre.class_names], dtype=object)
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -66,3 +72,68 @@ class Instance:
             images.append(preprocess.open_image(data, name=f"image_bytes[{i}]"))
         x = preprocess.model_pixels(images, self.pre) if self.embed else preprocess.preprocess(images, self.pre)
         return self._run(x)
+
+
+def load_instance(export: str, backend: str, threads: int) -> Instance:
+    """The runner `serve` selected, loaded (the serving process verified the artifact's hash already)."""
+    from fuse_export.predict import select
+    from fuse_export.runners.registry import BACKENDS
+
+    sel = select(Path(export), backend, verify=False)
+    runner = BACKENDS[sel.backend].factory(sel.path, sel.checkpoint, sel.pre, threads, sel.embed)
+    return Instance(runner.activate(), sel.pre, sel.embed)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+class TritonPythonModel:
+    """Triton's Python-backend model (the interface names are Triton's): one instance, one runner."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.kind = params["kind"]
+        self.outputs = [o["name"] for o in config["output"]]
+        try:
+            self.instance = load_instance(params["export"], params["backend"], int(params["threads"]))
+        except BaseException as exc:
+            # The serving process waits for this verdict to stop with one line (exit 1 for a bad artifact).
+            code = exc.exit_code if isinstance(exc, UserError) else 2
+            message = str(exc) if isinstance(exc, UserError) else (
+                f"{params['export']}: the {params['backend']} runner failed to load ({_one_line(exc)})")
+            write_json(params["status"], {"exit_code": code, "message": message})  # atomic: serve polls it
+            raise
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        import triton_python_backend_utils as pb
+
+        if self.kind == BYTES:  # one request at a time: a corrupt image fails its own request only
+            out = []
+            for r in requests:
+                x = pb.get_input_tensor_by_name(r, "image_bytes").as_numpy()
+                out += self._answer(pb, self.instance.infer_bytes, x, [len(x)])
+            return out
+        arrays = [pb.get_input_tensor_by_name(r, self.instance.input_name).as_numpy() for r in requests]
+        x = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)  # Triton's merged batch: one runner call
+        return self._answer(pb, self.instance.infer_tensor, x, [len(a) for a in arrays])
+
+    def _answer(self, pb: Any, infer: Any, x: np.ndarray, sizes: list[int]) -> list[Any]:
+        """One response per request: its rows of the outputs, or the batch's error in one line."""
+        try:
+            outs = infer(x)
+        except Exception as exc:
+            return [pb.InferenceResponse(error=pb.TritonError(_one_line(exc))) for _ in sizes]
+        responses, start = [], 0
+        for n in sizes:
+            responses.append(pb.InferenceResponse(
+                output_tensors=[pb.Tensor(k, np.ascontiguousarray(outs[k][start:start + n])) for k in self.outputs]))
+            start += n
+        return responses
+
+    def finalize(self) -> None:
+        instance = getattr(self, "instance", None)
+        if instance is not None:
+            instance.runner.deactivate()

@@ -27,6 +27,7 @@ from fuse_export.export.onnx_simplify import simplify_onnx
 from fuse_export.export.options import ExportOptions, VerifyOptions, failed_name
 from fuse_export.export.verify_data import verification_images
 from fuse_export.fileio import sha256_file
+from fuse_export.export.int8_weights import INT8_WEIGHTS_KEY, int8_weight_range
 from fuse_export.export.onnx_precision import Int8Settings, export_reduced_onnx
 from fuse_export.export.to_onnx import DEFAULT_OPSET, check_opset, export_onnx
 from fuse_export.export.to_torchscript import export_torchscript
@@ -54,7 +55,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: list[Format], out_
     *.failed.* and kept with `verify.keep_failed`) and nothing is added to the manifest. Verification inputs:
     see VerifyOptions. A uint8-input artifact gets the raw pixels; its reference is eager fp32 on the same
     pixels normalized in float (the float pipeline). `int8_scheme` "auto" is s8s8 when TensorRT engines are
-    built from the int8 ONNX in this call, else u8s8 (fast on ONNX Runtime CPU).
+    built from the int8 ONNX in this call, else u8s8 (fast on ONNX Runtime CPU). `int8_weights` "auto" is 7-bit
+    on an x86 CPU without VNNI (export/int8_weights.py), the machine the files are verified on.
     """
     opts = dataclasses.replace(options or ExportOptions(), **fields) if fields else (options or ExportOptions())
     verify = verify or VerifyOptions()
@@ -95,9 +97,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: list[Format], out_
     if int8_scheme == "auto":
         int8_scheme = "s8s8" if any(f.key == "tensorrt" for f in formats) else "u8s8"
     int8 = None if calib is None else Int8Settings(calib, calibration_method, int8_scheme,
-                                                   batch if static_batch else 16)
+                                                   batch if static_batch else 16, int8_weight_range(opts.int8_weights))
     if calib is not None and "int8" in reduced and (warning := calibration_warning(calib)):
         console.print(f"[yellow]{warning}[/yellow]")
+    if int8 is not None and "int8" in reduced:
+        console.print(f"int8 weights: {int8.weights.bits}-bit ({int8.weights.reason})")
     protect = () if calibration_data is None else (Path(calibration_data),)
     # Built in a staging folder swapped in whole: a kill or a failed verification leaves `out` as it was.
     with staged_export(final, checkpoint, force, protect) as out:
@@ -154,6 +158,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: list[Format], out_
                     extra["tensorrt"] = manifest_extras(sidecar, path)
                 elif fmt.source and fmt.converter:  # from this call's verified export of the source format
                     source = out / artifact_file(FORMATS[fmt.source], precision, embed_preprocessing)
+                    origin = next((a for a in result.artifacts if a["file"] == source.name), {})
+                    if "calibration" in origin:  # an int8 IR is its source's quantization: say which one
+                        extra["calibration"] = origin["calibration"]
+                        meta[INT8_WEIGHTS_KEY] = origin["calibration"][INT8_WEIGHTS_KEY]
                     extra.update(resolve(fmt.converter)(source, path, meta))
                 backend = backend_for(fmt.key, precision, "cpu" if fmt.cpu else "cuda")
                 got = _run_artifact(backend, path, checkpoint, pre, embed_preprocessing, inputs,

@@ -100,8 +100,10 @@ def test_audit_labels_finds_planted_flips_better_than_chance(noisy_run, tmp_path
     hits = np.mean([flipped[int(r["index"])] for r in rows[:k]])
     # Chance is NOISE_RATE with a standard deviation of ~0.05 at this K: 1.5x chance is ~2.7 deviations above it.
     assert hits > 1.5 * NOISE_RATE, f"precision at K={k} is {hits:.2f}; chance is {NOISE_RATE}"
-    # A suggestion differs from the given label only where the model puts less than half on the given label.
-    assert all(float(r["score"]) > 0.5 or r["given"] == r["suggested"] for r in rows)
+    # A suggestion differs from the given label only where the model puts at most half on the given label.
+    assert all(float(r["p_given"]) <= 0.5 or r["given"] == r["suggested"] for r in rows)
+    assert {r["ranked_by"] for r in rows} == {"aum"}  # the default on the training split: training dynamics
+    assert "ranked by aum" in " ".join(result.output.split())
 
 
 def test_audit_labels_other_split_and_bad_inputs(noisy_run, tmp_path: Path):
@@ -126,3 +128,127 @@ def test_audit_labels_other_split_and_bad_inputs(noisy_run, tmp_path: Path):
         assert result.exit_code == 2, (args, result.output)
     missing = runner.invoke(app, cases[0])
     assert "missing.pt" in missing.output and "Traceback" not in missing.output
+
+
+def test_per_class_thresholds_keep_an_unsure_class_from_flooding_the_top():
+    """Class 2 is rare and the model is unsure of it (its clean samples get P = 0.3); class 0's flips, which the
+    model half fits, are what the audit should find. Raw 1 - P(given) puts every clean class-2 sample first; the
+    per-class threshold margin does not."""
+    from fuse_export.audit import confident_thresholds, probability_score, ranking
+
+    clean0 = [[0.9, 0.05, 0.05]] * 20  # confident, right
+    flips = [[0.35, 0.6, 0.05]] * 4  # labelled 0, look like class 1 (wrong labels)
+    clean1 = [[0.05, 0.9, 0.05]] * 20
+    rare = [[0.3, 0.4, 0.3]] * 6  # labelled 2, right, but the model is unsure of the whole class
+    probs = np.array(clean0 + flips + clean1 + rare)
+    labels = np.array([0] * 24 + [1] * 20 + [2] * 6)
+    wrong = np.zeros(labels.size, bool)
+    wrong[20:24] = True
+    t = confident_thresholds(probs, labels)
+    np.testing.assert_allclose(t, [(20 * 0.9 + 4 * 0.35) / 24, 0.9, 0.3])
+    raw = ranking(probability_score(probs, labels, per_class=False))
+    adjusted = ranking(probability_score(probs, labels, per_class=True))
+    assert precision_at_k(raw, wrong, 4) == 0.0  # the six unsure rare samples come first
+    assert precision_at_k(adjusted, wrong, 4) == 1.0
+    # The margin itself, by hand for a flip: max_{j != 0}(p_j - t_j) = max(0.6 - 0.9, 0.05 - 0.3); own = 0.35 - t_0.
+    np.testing.assert_allclose(probability_score(probs, labels)[20], -0.25 - (0.35 - t[0]))
+
+
+def test_aum_score_ranks_each_group_within_itself_and_centres_classes():
+    from fuse_export.audit import aum_score
+
+    # Stage-1 rows (in-sample) have large margins, holdout rows small ones: ranked together raw, every holdout row
+    # would look suspicious. Within groups, the lowest margin of each group ranks first.
+    aum = np.array([5.0, 4.0, -1.0, 6.0, 0.5, 0.4, -3.0, 0.6])
+    labels = np.zeros(8, np.int64)
+    trained = np.array([True] * 4 + [False] * 4)
+    score = aum_score(aum, labels, trained, per_class=False)
+    assert score[2] == score[6] == 1.0  # each group's lowest margin
+    assert score[3] == score[7] == 0.0
+    # Class centring: class 1's margins are all lower (a hard class); its worst sample is not ranked above
+    # class 0's worst one only because of the class.
+    aum2 = np.array([3.0, 3.1, 2.9, -2.0, 0.0, 0.1, -0.1, 0.05])
+    labels2 = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = aum_score(aum2, labels2, np.ones(8, bool))
+    assert np.argmax(s) == 3
+    assert np.isneginf(aum_score(np.array([np.nan, 1.0]), np.zeros(2, np.int64), np.ones(2, bool))[0])
+
+
+def test_fold_assignment_is_stratified_and_complete():
+    from fuse_export.audit.crossfit import fold_assignment
+
+    labels = np.array([0] * 10 + [1] * 7 + [2] * 3)
+    fold = fold_assignment(labels, 3, seed=1)
+    assert set(fold.tolist()) == {0, 1, 2}
+    for c, n in ((0, 10), (1, 7), (2, 3)):
+        counts = np.bincount(fold[labels == c], minlength=3)
+        assert counts.sum() == n and counts.max() - counts.min() <= 1
+
+
+def test_training_records_label_margins_for_every_training_sample(noisy_run):
+    from fuse_export.train.checkpoint import read_checkpoint
+    from fuse_export.train.dynamics import TrainingDynamics
+
+    checkpoint, data, flipped = noisy_run
+    state = read_checkpoint(checkpoint)
+    dyn = TrainingDynamics.from_state(state["training_dynamics"], checkpoint)
+    assert dyn.epochs == list(range(1, state["epoch"] + 1))  # relabeling is off in this run: every epoch counts
+    counts = dyn.count.numpy()
+    # Holdout rows: one eval pass per epoch; stage-1 rows: every sample of every full batch (batch 16, the last
+    # partial batch dropped), so each one at least once.
+    trained = dyn.trained.numpy()
+    assert (counts[~trained] == len(dyn.epochs)).all()
+    assert counts[trained].sum() == len(dyn.epochs) * (int(trained.sum()) // 16) * 16
+    assert counts[trained].min() >= 1
+    aum = dyn.aum().mean(1)
+    # Wrong labels are learnt late: lower margins (this small model learns little; chance is an AUC of 0.5).
+    auc = roc_auc(-aum, flipped)
+    assert aum[flipped].mean() < aum[~flipped].mean() and auc > 0.65, auc
+
+
+def test_audit_methods_and_their_errors(noisy_run, tmp_path: Path):
+    checkpoint, data, flipped = noisy_run
+    runner = CliRunner()
+    model = runner.invoke(app, ["audit-labels", str(checkpoint), "--data", str(data), "--method", "model",
+                                "--device", "cpu", "--out", str(tmp_path / "model.csv")])
+    assert model.exit_code == 0, model.output
+    assert "in-sample" in model.output  # the warning (CliRunner mixes stderr into the output)
+    with open(tmp_path / "model.csv", newline="") as fh:
+        assert {r["ranked_by"] for r in csv.DictReader(fh)} == {"model"}
+    # AUM needs the train split, and a checkpoint that recorded dynamics.
+    val = runner.invoke(app, ["audit-labels", str(checkpoint), "--data", str(data), "--split", "val", "--method",
+                              "aum", "--device", "cpu"])
+    assert val.exit_code == 2 and "train split only" in val.output
+    from fuse_export.train.checkpoint import read_checkpoint
+
+    state = read_checkpoint(checkpoint)
+    del state["training_dynamics"]
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    legacy = runner.invoke(app, ["audit-labels", str(old), "--data", str(data), "--device", "cpu"])
+    assert legacy.exit_code == 2 and "no training dynamics" in legacy.output and "Traceback" not in legacy.output
+
+
+def test_audit_crossfit_scores_every_sample_out_of_fold(noisy_run, tmp_path: Path):
+    checkpoint, data, flipped = noisy_run
+    out = tmp_path / "cf.csv"
+    result = CliRunner().invoke(app, ["audit-labels", str(checkpoint), "--data", str(data), "--method", "crossfit",
+                                      "--folds", "2", "--fold-epochs", "2", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == flipped.size and {r["ranked_by"] for r in rows} == {"crossfit (2 folds, 2 epochs)"}
+    assert sorted(int(r["index"]) for r in rows) == list(range(flipped.size))
+    # Out of sample: the checkpoint's model trained 10 epochs on these very labels and has memorised part of the
+    # wrong ones; a fold model never saw the sample it scores, so it gives a wrong label less probability.
+    model = CliRunner().invoke(app, ["audit-labels", str(checkpoint), "--data", str(data), "--method", "model",
+                                     "--device", "cpu", "--out", str(tmp_path / "model.csv")])
+    assert model.exit_code == 0, model.output
+    with open(tmp_path / "model.csv", newline="") as fh:
+        in_sample = {int(r["index"]): float(r["p_given"]) for r in csv.DictReader(fh)}
+    out_of_fold = {int(r["index"]): float(r["p_given"]) for r in rows}
+    wrong = np.flatnonzero(flipped)
+    assert np.mean([out_of_fold[i] for i in wrong]) < np.mean([in_sample[i] for i in wrong])
+    few = CliRunner().invoke(app, ["audit-labels", str(checkpoint), "--data", str(data), "--method", "crossfit",
+                                   "--folds", "500", "--device", "cpu"])
+    assert few.exit_code == 2 and "use fewer folds" in few.output

@@ -1,4 +1,5 @@
-"""Symmetric label noise (seeded, recorded), the registry's shared options, and the reports left beside a run."""
+"""Symmetric and asymmetric label noise (seeded, recorded), the registry's shared options, and the reports left
+beside a run."""
 
 import json
 
@@ -7,7 +8,7 @@ import pytest
 from miniature_sets import truncate, write_rafdb
 
 from fuse_export.data.base import Split
-from fuse_export.data.noise import inject_symmetric_noise
+from fuse_export.data.noise import confusable_partner, inject_asymmetric_noise, inject_symmetric_noise
 from fuse_export.data.registry import LOADERS, format_options, load_dataset
 from fuse_export.data.reports import write_data_reports
 from fuse_export.errors import RecipeError
@@ -69,6 +70,39 @@ def test_registry_options_noise_and_reports(tmp_path):
 
 def test_every_format_takes_the_shared_options():
     for fmt in LOADERS:
-        assert {"on_bad", "noise_rate", "noise_seed"} <= set(format_options(fmt)), fmt
+        assert {"on_bad", "noise_rate", "noise_seed", "noise_kind"} <= set(format_options(fmt)), fmt
     with pytest.raises(RecipeError, match="data.format 'affectnet' is unknown"):
         load_dataset("affectnet", "x")
+
+
+FER = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+def test_asymmetric_noise_flips_each_confusable_class_to_its_partner():
+    split = clean_split(n=700)
+    noisy, record = inject_asymmetric_noise(split, 0.3, seed=2, class_names=FER)
+    assert record.kind == "asymmetric" and record.to_dict()["kind"] == "asymmetric"
+    pairs = {(FER[o], FER[y]) for o, y in zip(record.original, record.noisy)}
+    assert pairs == {("fear", "surprise"), ("surprise", "fear"), ("sad", "neutral"), ("neutral", "sad"),
+                     ("angry", "disgust"), ("disgust", "angry")}
+    per_class = np.bincount(record.original, minlength=7)
+    assert per_class[FER.index("happy")] == 0  # no confusable partner: never flipped
+    assert all(per_class[c] == 30 for c in range(7) if FER[c] != "happy")  # exactly 30% of each of the 100
+    assert np.array_equal(np.flatnonzero(noisy.labels != split.labels), record.flipped)
+    again = inject_asymmetric_noise(split, 0.3, seed=2, class_names=FER)[1]
+    assert np.array_equal(again.flipped, record.flipped)
+    # Other data sets' spellings (KDEF's afraid/disgusted/surprised) pair up the same way.
+    kdef = ("afraid", "angry", "disgusted", "happy", "neutral", "sad", "surprised")
+    partner = confusable_partner(kdef)
+    assert kdef[partner[0]] == "surprised" and kdef[partner[4]] == "sad" and partner[3] == -1
+    with pytest.raises(RecipeError, match="confusable"):
+        inject_asymmetric_noise(clean_split(n=40, classes=2), 0.2, 0, ("cat", "dog"))
+
+
+def test_registry_takes_the_noise_kind(tmp_path):
+    root = tmp_path / "raf"
+    write_rafdb(root, train_per_class=10, test_per_class=1)
+    ds = load_dataset("rafdb", root, noise_rate=0.2, noise_seed=1, noise_kind="asymmetric")
+    assert ds.label_noise.kind == "asymmetric"
+    with pytest.raises(RecipeError, match="noise_kind"):
+        load_dataset("rafdb", root, noise_rate=0.2, noise_kind="diagonal")

@@ -21,7 +21,7 @@ from miniature_sets import (
 from typer.testing import CliRunner
 
 from fuse_export.cli import app
-from fuse_export.model.weights import IMAGENET_FILE, IMAGENET_URL_ENV, OFFLINE_ENV
+from fuse_export.model.weights import IMAGENET_FILE, IMAGENET_SHA256_ENV, IMAGENET_URL_ENV, OFFLINE_ENV
 from fuse_export.train.checkpoint import read_checkpoint
 
 
@@ -36,8 +36,8 @@ def train(recipe: Path, data: Path, out: Path, *extra: str) -> dict:
 
 @pytest.fixture()
 def hub_cache(tmp_path, monkeypatch) -> Path:
-    """A torch hub cache holding a (randomly initialised) ResNet-18 file for `imagenet`. Its name carries its
-    own sha256 prefix, as the cache check requires, so the mirror URL names it (nothing is downloaded)."""
+    """A torch hub cache holding a (randomly initialised) ResNet-18 file for `imagenet`, under a mirror name of its
+    own with its full sha256 given (the cache check needs a full hash), so nothing is downloaded."""
     import hashlib
 
     from torchvision.models import resnet18
@@ -45,10 +45,12 @@ def hub_cache(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     torch.save(resnet18(weights=None).state_dict(), cache / IMAGENET_FILE)
-    name = f"resnet18-{hashlib.sha256((cache / IMAGENET_FILE).read_bytes()).hexdigest()[:8]}.pth"
+    digest = hashlib.sha256((cache / IMAGENET_FILE).read_bytes()).hexdigest()
+    name = f"resnet18-{digest[:8]}.pth"
     (cache / IMAGENET_FILE).rename(cache / name)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv(IMAGENET_URL_ENV, f"http://127.0.0.1:9/{name}")
+    monkeypatch.setenv(IMAGENET_SHA256_ENV, digest)
     monkeypatch.setenv(OFFLINE_ENV, "1")
     return cache
 

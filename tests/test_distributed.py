@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from PIL import Image
 from torchvision import transforms as T
 
 from fuse_export.contract import Preprocessing
@@ -190,6 +191,140 @@ def test_importance_groups_and_rank_loss_are_those_of_the_global_batch(tmp_path)
         assert torch.equal(r[k]["low"], is_low[k::2]), "the low group must be chosen over the global batch"
         torch.testing.assert_close(r[k]["grad"] / 2, batch.grad[k::2])
     assert int(r[0]["low"].sum() + r[1]["low"].sum()) == 16 - int(16 * 0.7)
+
+
+# ------------------------------------------------------------------ the training loop ranks the global batch
+
+# The loop's own ranking, in 1 and 2 processes, on a data set whose batches put every high-importance sample
+# on rank 0: ranked per process, each rank's lowest 30% would be its own (rank 0's are globally high), so the
+# low groups, the relabels and the rank loss would all differ from one process's.
+RANKED_N, RANKED_BATCH, RANKED_SEED = 32, 16, 4
+
+
+def _ranked_recipe() -> Recipe:
+    """Trunk frozen (BatchNorm in eval: no per-rank statistics), no dropout, relabeling within the low group from
+    the first epoch, rank regularization at its default margin (active: these alphas lie within 0.05)."""
+    from fuse_export.train.recipe import recipe_from_dict
+
+    return recipe_from_dict({"model": {"dcnn_hidden": [8], "dcnn_dropout": 0.0},
+                             "train": {"epochs": 1, "batch_size": RANKED_BATCH, "freeze_backbone_epochs": 1,
+                                       "seed": RANKED_SEED},
+                             "scn": {"relabel_epoch": 1, "relabel_scope": "low"}}, "ranked.toml")
+
+
+def _ranked_transform():
+    from fuse_export.data.transforms import eval_transform
+
+    return eval_transform(Preprocessing(32, ("a", "b", "c")))  # deterministic: a sample is the same everywhere
+
+
+def _ranked_model():
+    from fuse_export.model.fused import FusedFER, ModelConfig
+
+    r = _ranked_recipe().model
+    return FusedFER(ModelConfig(3, r.dcnn_hidden, r.dcnn_dropout, r.scn_dropout))
+
+
+def _ranked_epoch(case: str, ctx: DistContext) -> dict:
+    """One epoch of the real loop (two steps of the global batch) from the saved weights, on this rank's share."""
+    from fuse_export.train.build import make_optimizer, training_network
+    from fuse_export.train.loop import LabelState, train_one_epoch
+    from fuse_export.train.speed import make_precision
+
+    recipe = _ranked_recipe()
+    data = np.load(Path(case) / "split.npz")
+    split = Split(labels=data["labels"], images=data["images"])
+    model = _ranked_model()
+    model.load_state_dict(torch.load(Path(case) / "model.pt"))
+    net = training_network(model, recipe, ctx)
+    optimizer, _ = make_optimizer(model, recipe)
+    loader = train_loader(split, _ranked_transform(), RANKED_BATCH // ctx.world_size, ctx, RANKED_SEED, 0)
+    loader.sampler.set_epoch(1)
+    labels = LabelState(torch.from_numpy(split.labels.copy()), torch.from_numpy(split.labels.copy()))
+    stats = train_one_epoch(net, model, loader, labels, optimizer, make_precision("none", ctx.device), recipe.scn,
+                            recipe.train, 1, ctx)
+    heads = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(("dcnn.", "scn."))}
+    return {"labels": labels.labels.clone(), "loss_rank": stats.loss_rank, "relabeled": stats.relabeled_epoch,
+            "heads": heads}
+
+
+def _ranked_worker(rank: int, port: int, case: str) -> None:
+    from fuse_export.train.distributed import setup, teardown
+
+    _join_as_torchrun_would(rank, 2, port)
+    ctx = setup("cpu")
+    res = _ranked_epoch(case, ctx)
+    teardown(ctx)
+    torch.save(res, Path(case) / f"rank{rank}.pt")
+
+
+def _ranked_case(case: Path) -> tuple[list[list[np.ndarray]], torch.Tensor, np.ndarray]:
+    """Write the weights and a data set whose every batch gives rank 0 the higher alphas; return the ranks'
+    sample indices per step, the initial alphas by index and the labels."""
+    from fuse_export.model.scn import rank_regularization, split_by_importance
+
+    torch.manual_seed(0)
+    model = _ranked_model().eval()
+    with torch.no_grad():  # the SCN head sure of class 0 (alpha * 6 over the others); nobody is labelled 0
+        model.scn.fc.weight.zero_()
+        model.scn.fc.bias.copy_(torch.tensor([6.0, 0.0, 0.0]))
+    torch.save(model.state_dict(), case / "model.pt")
+    rng = np.random.default_rng(0)
+    pool = np.clip(rng.integers(0, 256, (RANKED_N, 1, 1)) + rng.integers(-40, 40, (RANKED_N, 32, 32)), 0, 255)
+    pool = pool.astype(np.uint8)
+    tf = _ranked_transform()
+    with torch.no_grad():  # with the trunk frozen and no dropout, training mode computes these same alphas
+        alpha = model.forward_heads(torch.stack([tf(Image.fromarray(p).convert("RGB")) for p in pool])).alpha.view(-1)
+    by_alpha = iter(torch.argsort(alpha, descending=True).tolist())
+    # Which indices each rank draws at each step depends only on (N, seed, epoch): read it off the real sampler.
+    steps = []
+    for rank in (0, 1):
+        sampler = train_loader(Split(labels=np.zeros(RANKED_N), images=pool), tf, RANKED_BATCH // 2,
+                               DistContext(rank, 2), RANKED_SEED, 0).sampler
+        sampler.set_epoch(1)
+        order = np.array([i for _, i in sampler])
+        steps.append(np.split(order, len(order) // (RANKED_BATCH // 2)))
+    steps = [list(s) for s in zip(*steps)]  # [step][rank] -> indices
+    images = np.zeros_like(pool)
+    alpha_of = torch.zeros(RANKED_N)
+    for per_rank in steps:
+        for idx in per_rank:  # rank 0 takes the next 8 highest alphas, then rank 1 the 8 below them
+            for i in idx:
+                k = next(by_alpha)
+                images[i], alpha_of[i] = pool[k], alpha[k]
+    labels = 1 + np.arange(RANKED_N) % 2
+    np.savez(case / "split.npz", images=images, labels=labels)
+    # The premise: in the first step, ranking per process picks other low groups and another rank loss.
+    first = [torch.from_numpy(i) for i in steps[0]]
+    a = alpha_of[torch.cat(first)]
+    global_low = set(torch.cat(first)[split_by_importance(a, 0.7)[1]].tolist())
+    local_low = {int(i[j]) for i in first for j in split_by_importance(alpha_of[i], 0.7)[1]}
+    assert global_low <= set(first[1].tolist()) and global_low != local_low
+    local_loss = sum(rank_regularization(alpha_of[i], 0.7, 0.07) for i in first) / 2
+    assert abs(float(rank_regularization(a, 0.7, 0.07)) - float(local_loss)) > 1e-3
+    return steps, alpha_of, labels
+
+
+def test_training_loop_ranks_the_global_batch_in_two_processes_as_in_one(tmp_path):
+    """Relabels, rank loss and weights after an epoch of two steps of the real loop: 2 processes = 1 process,
+    on batches where per-process ranking would choose different low-importance groups."""
+    steps, alpha_of, given = _ranked_case(tmp_path)
+    mp.spawn(_ranked_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    two = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    one = _ranked_epoch(str(tmp_path), DistContext())
+    # The first step's relabels, by hand: the 5 lowest alphas of its global batch of 16 (all on rank 1) go to 0.
+    first = np.concatenate(steps[0])
+    lowest = set(first[np.argsort(alpha_of[first].numpy())[:RANKED_BATCH - int(RANKED_BATCH * 0.7)]].tolist())
+    relabeled = set(np.flatnonzero(one["labels"].numpy() != given).tolist())
+    assert relabeled & set(first.tolist()) == lowest and one["labels"][sorted(lowest)].eq(0).all()
+    for r in two:
+        assert torch.equal(r["labels"], one["labels"]), (
+            f"2 processes relabeled {np.flatnonzero(r['labels'].numpy() != given).tolist()}, "
+            f"1 process {sorted(relabeled)}")
+        assert r["relabeled"] == one["relabeled"] == len(relabeled)
+        assert r["loss_rank"] == pytest.approx(one["loss_rank"], abs=1e-6)
+        for k, v in one["heads"].items():  # rank 0's and rank 1's weights, the same global gradient as 1 process
+            torch.testing.assert_close(r["heads"][k], v, atol=1e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
 # ------------------------------------------------------------------ whole training runs

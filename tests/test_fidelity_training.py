@@ -1,8 +1,9 @@
-"""The core as its sources describe it: pretrained real-data recipes, staged fine-tuning, and a stacker whose
-features let alpha shift trust between the heads."""
+"""The core as its sources describe it: SCN's hyperparameters as the loop uses them, pretrained real-data
+recipes, staged fine-tuning, and a stacker whose features let alpha shift trust between the heads."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,13 @@ from fuse_export.contract import Preprocessing
 from fuse_export.data.base import Split
 from fuse_export.data.transforms import train_transform
 from fuse_export.errors import RecipeError
+from fuse_export.model.fused import FusedFER, HeadOutputs, ModelConfig
 from fuse_export.model.stacker import Stacker, fit_stacker
 from fuse_export.train.build import build_model, make_optimizer, training_network
 from fuse_export.train.distributed import DistContext
 from fuse_export.train.loaders import train_loader
 from fuse_export.train.loop import LabelState, train_one_epoch
-from fuse_export.train.recipe import load_recipe, recipe_from_dict
+from fuse_export.train.recipe import SCNSection, TrainSection, load_recipe, recipe_from_dict
 from fuse_export.train.speed import make_precision
 
 ROOT = Path(__file__).parents[1]
@@ -115,3 +117,78 @@ def test_unfitted_interaction_stacker_combines_the_heads_evenly():
     d, s = torch.randn(6, 4), torch.randn(6, 4)
     want = 0.5 * (torch.log_softmax(d, 1) + torch.log_softmax(s, 1))
     torch.testing.assert_close(st(d, s, torch.rand(6, 1)), want)
+
+
+# Ten samples whose SCN head the test dictates: (alpha, alpha-weighted logits, given label). With beta 0.7 the
+# high group is the top 7 alphas, the low group samples 7, 8, 9. ln(1.75) puts [0, 0, z] with label 0 on the
+# relabel margin 0.2 exactly; +-0.01 moves P2 - P0 to 0.2037 / 0.1963.
+_Z = math.log(1.75)
+SCN_CASES = [
+    (0.62, [0.0, 0.0, 4.0], 0),  # high importance, far over the margin: kept (the paper relabels the low group)
+    (0.60, [3.0, 0.0, 0.0], 0),
+    (0.58, [0.0, 3.0, 0.0], 1),
+    (0.57, [0.0, 0.0, 3.0], 2),
+    (0.56, [3.0, 0.0, 0.0], 0),
+    (0.55, [0.0, 3.0, 0.0], 1),
+    (0.54, [0.0, 0.0, 3.0], 2),
+    (0.53, [0.0, 0.0, _Z + 0.01], 0),  # low, just over 0.2: -> 2
+    (0.52, [0.0, 0.0, _Z - 0.01], 0),  # low, just under 0.2: kept
+    (0.47, [0.0, 3.0, 0.0], 2),  # low, far over: -> 1
+]
+
+
+class _DictatedHeads:
+    """Stage-1 outputs looked up by sample (each image is one number: its sample's index)."""
+
+    def __init__(self) -> None:
+        self.alpha = torch.tensor([[a] for a, _, _ in SCN_CASES], requires_grad=True)
+        self.logits = torch.tensor([row for _, row, _ in SCN_CASES], requires_grad=True)
+
+    def __call__(self, x: torch.Tensor) -> HeadOutputs:
+        i = x.view(-1).long()
+        return HeadOutputs(self.logits[i], self.logits[i], self.alpha[i])
+
+
+def test_scn_hyperparameters_are_the_papers_and_the_training_loop_uses_them():
+    """beta, delta1, delta2 and the relabel epoch as the SCN authors set them (shared/reference: the released
+    train.py and README), and the loop with the default section computes SCN's rules with exactly these numbers."""
+    scn = SCNSection()
+    # beta 0.7; delta1 0.07 at batch 64 (the README's command; the paper's 0.15 is for batch 1024); delta2 0.2;
+    # relabeling from the 10th epoch, within the low-importance group as the paper describes; rank loss weight 1.
+    assert (scn.beta, scn.margin1, scn.margin2) == (0.7, 0.07, 0.2)
+    assert (scn.relabel_epoch, scn.relabel_scope, scn.rank_weight) == (10, "low", 1.0)
+    assert TrainSection().batch_size == 64  # the batch size delta1 = 0.07 belongs to
+
+    # By hand, with the paper's numbers as literals: high group = top int(10 * 0.7) = 7 alphas.
+    alphas = [a for a, _, _ in SCN_CASES]
+    high, low = alphas[:7], alphas[7:]
+    rank_loss = max(0.0, 0.07 - (sum(high) / 7 - sum(low) / 3))
+    assert rank_loss == pytest.approx(0.07 - (4.02 / 7 - 1.52 / 3)) and rank_loss > 0.002  # the hinge is active
+    relabeled = []
+    for i, (_, row, given) in enumerate(SCN_CASES):
+        e = [math.exp(v) for v in row]
+        p = [v / sum(e) for v in e]
+        if i >= 7 and max(p) - p[given] > 0.2 and p.index(max(p)) != given:
+            relabeled.append((i, p.index(max(p))))
+    assert relabeled == [(7, 2), (9, 1)]
+
+    net = _DictatedHeads()
+    model = FusedFER(ModelConfig(num_classes=3, dcnn_hidden=(8,)))
+    batch = [(torch.arange(10, dtype=torch.float32).view(10, 1), torch.arange(10))]
+    given = torch.tensor([g for _, _, g in SCN_CASES])
+    labels = LabelState(given.clone(), given.clone())
+    optimizer = torch.optim.SGD([net.alpha, net.logits], lr=0.0)  # the dictated heads stay as dictated
+    ctx = DistContext()
+    precision = make_precision("none", ctx.device)
+
+    def epoch(n: int):
+        # A list of batches is all the loop iterates; the heads are whatever `net` returns.
+        return train_one_epoch(net, model, batch, labels, optimizer, precision, scn, TrainSection(), n, ctx)
+
+    ninth = epoch(9)
+    assert ninth.loss_rank == pytest.approx(rank_loss, abs=1e-7)
+    assert ninth.relabeled_epoch == 0 and labels.relabeled == 0  # before the 10th epoch nothing is relabeled
+    tenth = epoch(10)
+    assert tenth.loss_rank == pytest.approx(rank_loss, abs=1e-7)
+    assert tenth.relabeled_epoch == 2
+    assert [(i, int(labels.labels[i])) for i in torch.nonzero(labels.labels != given).flatten().tolist()] == relabeled

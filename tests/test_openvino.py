@@ -1,10 +1,21 @@
 """The OpenVINO cases (tests/openvino_cases.py), run in a pytest process of their own.
 
-Why a child process: in the full suite, the long-lived pytest process died with SIGSEGV inside CPython's eval
-loop shortly after these cases ran OpenVINO in-process (bf16 backends among them) next to ~240 earlier tests'
-torch/ONNX Runtime state; the same cases pass alone, and a short process repeating them did not crash. That is
-an open defect (memory corruption somewhere between OpenVINO's CPU plugin and the rest of the process), noted
-in the changelog; isolating the cases keeps every other test's result trustworthy while it is hunted down.
+Why a child process: the suite's long-lived pytest process dies with SIGSEGV (rc 139) when these cases run in
+it. This is an open defect, reproduced on two CPUs:
+- AMD EPYC Zen 4 (AVX-512, AVX512-BF16): 3 times, last release.
+- AMD EPYC Zen 3 (AVX2 only, so no bf16 runs at all): 2 of 2 runs, 2026-12-04.
+
+What is known so far:
+- Both in-process runs crashed at the same case. The first 261 results came out, and the crash struck in the
+  case right after `bench` and `doctor` ran OpenVINO in-process.
+- The main thread died in `_PyType_Lookup`, an attribute lookup in CPython's eval loop, so Python's heap was
+  already corrupt by then.
+- The same cases pass in a fresh process, and so does the long mixed torch/ONNX Runtime/OpenVINO loop under the
+  debug allocators (`test_a_long_mixed_process_survives`). valgrind memcheck over every OpenVINO path
+  (fp32, int8, the bf16 runner's split at the f32 hint, next to torch) found no invalid access.
+- So the fault needs the long process's history, about 250 earlier tests, as well as the OpenVINO work.
+Isolating the cases keeps every other test's result trustworthy while the defect is hunted down (evidence:
+benchmarks/RESULTS.md, issue 13).
 """
 
 from __future__ import annotations

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +19,14 @@ from typer.testing import CliRunner
 
 from fuse_export.cli import app
 from fuse_export.compare.parity import TOLERANCES, compare_outputs
+from fuse_export.cpuinfo import parse_cpuinfo
 from fuse_export.data.fer2013 import load_fer2013_csv
 from fuse_export.data.transforms import eval_transform
-from fuse_export.errors import DataError
+from fuse_export.errors import DataError, UserError
 from fuse_export.export.formats import FORMATS, artifact_file
 from fuse_export.export.calibration import load_calibration
-from fuse_export.export.onnx_precision import head_nodes
+from fuse_export.export.int8_weights import WEIGHT_RANGES, int8_weight_range
+from fuse_export.export.onnx_precision import head_nodes, quantize_int8
 from fuse_export.fileio import sha256_file
 from fuse_export.model.fused import ExportView
 from fuse_export.train.checkpoint import load_model
@@ -141,6 +148,95 @@ def test_int8_is_qdq_with_per_channel_weights_and_float_heads(precision_export):
     assert gemm_weights and all(t.data_type == onnx.TensorProto.FLOAT for t in gemm_weights)
 
 
+def _conv_weight_codes(model) -> list[np.ndarray]:
+    """The int8 codes of every Conv weight (the initializer its DequantizeLinear reads)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return [onnx.numpy_helper.to_array(inits[producers[n.input[1]].input[0]])
+            for n in model.graph.node if n.op_type == "Conv"]
+
+
+def _assert_weight_bits(model, bits: int) -> None:
+    """Per-channel symmetric: each output channel's largest code is the range's end (7-bit: 64, 8-bit: 127)."""
+    lo, hi = WEIGHT_RANGES[bits]
+    codes = _conv_weight_codes(model)
+    assert len(codes) == 20
+    for c in codes:
+        assert c.dtype == np.int8 and c.min() >= lo and c.max() <= hi
+        per_channel = np.abs(c.reshape(len(c), -1).astype(np.int32)).max(1)
+        assert set(per_channel.tolist()) <= {0, hi}, sorted(set(per_channel.tolist()))
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def test_auto_int8_weights_follow_the_cpu_flags():
+    """7-bit weights exactly where u8 x s8 pair sums saturate: x86 without VNNI."""
+    def cpu(flags: str):
+        return parse_cpuinfo(f"model name\t: Test CPU\nflags\t\t: {flags}\n")
+
+    zen3, zen4 = cpu("sse4_2 avx avx2 fma"), cpu("avx2 avx512f avx512bw avx512_vnni avx512_bf16")
+    alder_lake, skylake_x = cpu("avx2 avx_vnni"), cpu("avx2 avx512f avx512bw")
+    assert int8_weight_range("auto", zen3, "x86_64").bits == 7
+    assert int8_weight_range("auto", skylake_x, "x86_64").bits == 7  # AVX-512 without VNNI saturates too
+    assert int8_weight_range("auto", zen4, "x86_64").bits == 8
+    assert int8_weight_range("auto", alder_lake, "AMD64").bits == 8
+    assert int8_weight_range("auto", cpu("fp asimd asimddp"), "aarch64").bits == 8  # no vpmaddubsw off x86
+    why = int8_weight_range("auto", zen3, "x86_64")
+    assert "no VNNI" in why.reason and "Test CPU" in why.reason and why.to_dict()["range"] == [-64, 64]
+    for choice, bits in (("8", 8), ("7", 7)):  # an explicit choice wins over the flags
+        for flags in (zen3, zen4):
+            w = int8_weight_range(choice, flags, "x86_64")
+            assert (w.bits, w.choice, w.reduce_range) == (bits, choice, bits == 7)
+    with pytest.raises(UserError, match="--int8-weights '6': choose from auto, 8, 7"):
+        int8_weight_range("6", zen3, "x86_64")
+
+
+def test_auto_int8_weights_of_an_export_are_this_cpus_and_recorded(precision_export):
+    out, output = precision_export
+    expected = int8_weight_range("auto").to_dict()  # the machine running the tests
+    (entry,) = [a for a in json.loads((out / "manifest.json").read_text())["artifacts"]
+                if a["file"] == "model.int8.onnx"]
+    assert entry["calibration"]["int8_weights"] == expected and expected["choice"] == "auto"
+    assert f"{expected['bits']}-bit range" in entry["calibration"]["weights"]
+    assert json.loads(_metadata(out / "model.int8.onnx")["int8_weights"]) == expected
+    assert f"int8 weights: {expected['bits']}-bit" in output
+    _assert_weight_bits(onnx.load(str(out / "model.int8.onnx")), expected["bits"])
+
+
+@pytest.mark.parametrize("weights", ["8", "7"])
+def test_int8_weights_choice_reaches_quantize_static(weights, tiny_export, tiny_run, tiny_csv, tmp_path):
+    pre = load_model(tiny_run.best).preprocessing
+    dst = tmp_path / "model.int8.onnx"
+    extra = quantize_int8(tiny_export / "model.onnx", dst, {"precision": "int8"},
+                          load_calibration(tiny_csv, pre, 32), pre, weights=weights)
+    _assert_weight_bits(onnx.load(str(dst)), int(weights))
+    assert extra["calibration"]["int8_weights"]["choice"] == weights
+    assert json.loads(_metadata(dst)["int8_weights"])["bits"] == int(weights)
+
+
+def test_int8_weights_from_the_cli_are_recorded_for_onnx_and_openvino(tiny_run, tiny_csv, tmp_path):
+    """`--int8-weights 7` through the installed CLI (its own process: OpenVINO stays out of the test process);
+    the int8 IR converted from the Q/DQ file carries the same record. Without openvino: the ONNX file only."""
+    with_ir = importlib.util.find_spec("openvino") is not None
+    out = tmp_path / "export"
+    res = subprocess.run([sys.executable, "-m", "fuse_export", "export", str(tiny_run.best), "--format",
+                          "onnx,openvino" if with_ir else "onnx", "--precision", "int8", "--int8-weights", "7",
+                          "--calibration-data", str(tiny_csv), "--calibration-samples", "32", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "int8 weights: 7-bit (--int8-weights 7)" in res.stderr  # progress and notes go to stderr
+    entries = {a["file"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
+    record = entries["model.int8.onnx"]["calibration"]["int8_weights"]
+    assert record == {"bits": 7, "range": [-64, 64], "choice": "7", "reason": "--int8-weights 7"}
+    _assert_weight_bits(onnx.load(str(out / "model.int8.onnx")), 7)
+    if with_ir:
+        assert entries["model.int8.xml"]["calibration"] == entries["model.int8.onnx"]["calibration"]
+        rt = ET.parse(out / "model.int8.xml").getroot().find("rt_info/fuse_export/int8_weights")
+        assert rt is not None and json.loads(rt.get("value")) == record
+
+
 def test_fp16_converts_the_backbone_and_keeps_io_and_heads_fp32(precision_export):
     out, _ = precision_export
     model = onnx.load(str(out / "model.fp16.onnx"))
@@ -224,6 +320,7 @@ def test_int8_percentile_calibration_from_a_folder_with_a_static_batch(tiny_run,
     (["--format", "onnx", "--precision", "int8", "--calibration-data", "/nonexistent/calib.csv"],
      "/nonexistent/calib.csv: not found"),
     (["--format", "onnx", "--precision", "int8", "--calibration-method", "kl"], "Invalid value"),
+    (["--format", "onnx", "--precision", "int8", "--int8-weights", "6"], "Invalid value"),
 ])
 def test_bad_precision_options_exit_2_with_one_line(args, message, tiny_run, tmp_path):
     out = tmp_path / "out"

@@ -1,9 +1,10 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from fuse_export.errors import RecipeError
-from fuse_export.train.recipe import load_recipe
+from fuse_export.train.recipe import Recipe, load_recipe
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
 
@@ -46,3 +47,47 @@ def test_bad_recipes_name_file_and_field(tmp_path, body, message):
 def test_replace_overrides_fields():
     r = load_recipe(RECIPES[0]).replace(train={"epochs": 1}, data={"image_size": 32})
     assert r.train.epochs == 1 and r.data.image_size == 32
+
+
+class _Params(torch.nn.Module):
+    """The two parameter groups make_optimizer builds (heads, trunk), without a network behind them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head, self.backbone = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+
+
+def trunk_lr_by_epoch(recipe: Recipe) -> list[float]:
+    """The trunk's learning rate in epochs 1..train.epochs, from the trainer's own scheduler (stepped once after
+    every epoch, frozen epochs included, as the trainer does)."""
+    from fuse_export.train.build import make_optimizer
+
+    optimizer, scheduler = make_optimizer(_Params(), recipe)  # type: ignore[arg-type]
+    rates = []
+    for _ in range(recipe.train.epochs):
+        rates.append(optimizer.param_groups[1]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_trunk_unfreezes_well_before_the_first_learning_rate_drop(path):
+    """A frozen stage (train.freeze_backbone_epochs: epochs 1..N heads only) counts towards the rate schedule: a
+    trunk unfrozen just before the first drop fine-tunes almost entirely at a tenth of the rate (KDEF's recipe
+    did: step 6 after 5 frozen epochs, one full-rate epoch)."""
+    r = load_recipe(path)
+    if r.train.freeze_backbone_epochs == 0:
+        return  # the trunk trains from epoch 1 with the heads: nothing unfreezes
+    rates = trunk_lr_by_epoch(r)
+    unfreeze = r.train.freeze_backbone_epochs + 1
+    first_drop = next((e for e, lr in enumerate(rates, 1) if lr < rates[0] * (1 - 1e-9)), r.train.epochs + 1)
+    assert first_drop - unfreeze >= 2, (f"{path.name}: the trunk unfreezes at epoch {unfreeze}, the rate first "
+                                        f"drops at epoch {first_drop}")
+
+
+def test_kdef_schedule_as_its_comment_says():
+    r = load_recipe(Path(__file__).parents[1] / "recipes" / "kdef.toml")
+    rates = trunk_lr_by_epoch(r)
+    assert r.train.freeze_backbone_epochs == 5 and rates[5:11] == [r.train.lr] * 6  # epochs 6-11 at full rate
+    assert rates[11:] == pytest.approx([r.train.lr * 0.1] * 9)  # epochs 12-20 at 0.1x

@@ -3,6 +3,8 @@ across epochs of the real training loop, and alpha-weighted logits."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -68,11 +70,71 @@ def _logits() -> tuple[torch.Tensor, torch.Tensor]:
     return logits, targets
 
 
+# Twenty samples for the margin rule (3 classes, delta2 = 0.2, beta = 0.7). Alphas: the low group is the
+# int(20 * 0.3) = 6 samples under 0.3, the rest (14, the top int(20 * 0.7)) are at 0.5 and over.
+MARGIN_ALPHA = [0.9, 0.2, 0.85, 0.1, 0.8, 0.75, 0.25, 0.7, 0.05, 0.65, 0.15, 0.6, 0.28, 0.58, 0.56, 0.54, 0.53,
+                0.52, 0.51, 0.5]
+MARGIN_LOW = {1, 3, 6, 8, 10, 12}
+# ln(1.75) puts [0, 0, z] with label 0 exactly on the margin: P2 - P0 = (e^z - 1) / (e^z + 2) = 0.2.
+ON_MARGIN = math.log(1.75)
+MARGIN_CASES = [  # (weighted logits, given label)
+    ([0.0, 0.0, ON_MARGIN + 0.01], 0),  # 0  high, just above: P2 - P0 = 0.2037, but high importance
+    ([0.0, 0.0, ON_MARGIN + 0.01], 0),  # 1  low, just above -> 2
+    ([0.0, 0.0, 5.0], 1),  # 2  high, far above, but high importance
+    ([0.0, 0.0, ON_MARGIN - 0.01], 0),  # 3  low, just below: P2 - P0 = 0.1963
+    ([0.0, 0.0, 5.0], 2),  # 4  high, agrees with its label
+    ([3.0, 0.0, 0.0], 2),  # 5  high, far above, high importance
+    ([ON_MARGIN + 0.01, 0.0, 0.0], 1),  # 6  low, just above -> 0
+    ([0.0, 4.0, 0.0], 1),  # 7  high, agrees
+    ([ON_MARGIN - 0.01, 0.0, 0.0], 2),  # 8  low, just below
+    ([0.0, 0.0, 0.0], 0),  # 9  high, uniform: no margin
+    ([0.0, 2.0, 1.9], 0),  # 10 low: P1 - P0 = 0.42 although P1 - P2 = 0.05 (the given label, not the runner-up) -> 1
+    ([1.0, 0.0, 0.0], 1),  # 11 high, above
+    ([0.0, 5.0, 0.0], 1),  # 12 low, agrees with its label: nothing to change
+    ([1.0, 1.0, 1.0], 2),  # 13 high, uniform
+    ([0.0, 0.0, 2.0], 0),  # 14 high, above
+    ([0.0, 0.0, 0.0], 1),  # 15 high
+    ([0.0, 1.0, 0.0], 0),  # 16 high, above
+    ([2.0, 0.0, 0.0], 0),  # 17 high, agrees
+    ([0.0, 0.0, 1.0], 1),  # 18 high, above
+    ([0.0, 0.5, 0.0], 1),  # 19 high, agrees
+]
+
+
+def _softmax_by_hand(row: list[float]) -> list[float]:
+    e = [math.exp(v) for v in row]
+    return [v / sum(e) for v in e]
+
+
 def test_relabel_margin_hand_computation():
-    logits, targets = _logits()
-    p = torch.softmax(logits, 1)
-    assert (p[1, 2] - p[1, 0]).item() == pytest.approx(np.exp(5) / (np.exp(5) + 2) - 1 / (np.exp(5) + 2))
-    assert 0.0 < (p[7, 2] - p[7, 0]).item() < 0.2
+    """SCN's rule computed by hand, with plain numbers: softmax, P_max - P_given > delta2, in the low group only."""
+    low_by_hand = sorted(range(20), key=lambda i: MARGIN_ALPHA[i])[:20 - int(20 * 0.7)]
+    assert set(low_by_hand) == MARGIN_LOW
+    expected_new, expected_changed = [], []
+    for i, (row, given) in enumerate(MARGIN_CASES):
+        p = _softmax_by_hand(row)
+        gap = max(p) - p[given]
+        change = i in MARGIN_LOW and gap > 0.2 and p.index(max(p)) != given
+        expected_changed.append(change)
+        expected_new.append(p.index(max(p)) if change else given)
+    # The near cases sit within 0.004 of delta2, on both sides: the margin comparison decides them.
+    gaps = {i: max(p := _softmax_by_hand(MARGIN_CASES[i][0])) - p[MARGIN_CASES[i][1]] for i in (0, 1, 3, 6, 8)}
+    assert all(0.2 < gaps[i] < 0.205 for i in (0, 1, 6)) and all(0.195 < gaps[i] < 0.2 for i in (3, 8)), gaps
+    assert [i for i, c in enumerate(expected_changed) if c] == [1, 6, 10]
+    assert expected_new[1] == 2 and expected_new[6] == 0 and expected_new[10] == 1
+
+    logits = torch.tensor([row for row, _ in MARGIN_CASES])
+    targets = torch.tensor([given for _, given in MARGIN_CASES])
+    alpha = torch.tensor(MARGIN_ALPHA).view(-1, 1)
+    new, changed = relabel(logits, targets, alpha, margin=0.2, beta=0.7, scope="low")
+    assert changed.tolist() == expected_changed
+    assert new.tolist() == expected_new
+    # The low group given from outside (a distributed step ranks the global batch): it, not these alphas, decides.
+    outside = torch.zeros(20, dtype=torch.bool)
+    outside[[0, 3, 5]] = True
+    new, changed = relabel(logits, targets, alpha, margin=0.2, beta=0.7, scope="low", low_mask=outside)
+    assert changed.nonzero().flatten().tolist() == [0, 5]  # 3 is just below the margin
+    assert new[0].item() == 2 and new[5].item() == 0
 
 
 def test_relabel_low_scope_changes_only_low_importance_samples_above_the_margin():

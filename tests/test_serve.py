@@ -1,11 +1,14 @@
-"""`serve`: the export inside a real Triton Inference Server (PyTriton's tritonserver), spoken to with tritonclient.
+"""`serve`: the export inside a real Triton Inference Server (nvidia-pytriton's tritonserver), spoken to with
+tritonclient.
 
-One server for the module (started in-process on free loopback ports); three short `fuse-export serve`
-processes: one drained with SIGTERM during a burst, one refused on a busy port, one whose runner cannot load.
+One server for the module (started from this process on free loopback ports, runner threads left to `serve`);
+four short `fuse-export serve` processes: one drained with SIGTERM during a burst, one signalled as a group at
+ready, one refused on a busy port, one whose runner cannot load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -25,20 +28,22 @@ from PIL import Image
 
 from fuse_export.errors import BackendUnavailable, IntegrityError
 from fuse_export.serve import BYTES_MODEL, MODEL, Server, ServeOptions
-from fuse_export.serve_env import check_serving_numpy, free_ports, stub_library_dir
+from fuse_export.serve_env import (check_serving_numpy, find_tritonserver, free_ports, physical_cores, runner_threads,
+                                   server_environment, stub_library_dir)
 
 MAX_BATCH = 4
 
 
 def options(**kw) -> ServeOptions:
     http, grpc, metrics = free_ports(3)
+    kw.setdefault("threads", 1)
     return ServeOptions(host="127.0.0.1", http_port=http, grpc_port=grpc, metrics_port=metrics,
-                        max_batch_size=MAX_BATCH, drain_timeout_s=5, threads=1, **kw)
+                        max_batch_size=MAX_BATCH, drain_timeout_s=5, **kw)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_export: Path):
-    with Server(tiny_export, options()) as s:
+    with Server(tiny_export, options(threads=None)) as s:  # threads as `serve` resolves them
         yield s
 
 
@@ -173,19 +178,53 @@ def test_serving_environment_has_a_numpy_the_backend_stub_supports() -> None:
 def test_stub_gets_this_interpreters_libpython() -> None:
     import sysconfig
 
+    dist = find_tritonserver()
+    env = server_environment(dist, {"LD_LIBRARY_PATH": "/opt/other", "PATH": "/usr/bin"})
     libdir = stub_library_dir()
     names = [sysconfig.get_config_var(v) for v in ("INSTSONAME", "LDLIBRARY")]
     libdir_has_it = any(n and (Path(sysconfig.get_config_var("LIBDIR")) / n).is_file() for n in names)
-    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir_has_it:
+    first = [libdir] if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir_has_it else []
+    if first:
         assert libdir == sysconfig.get_config_var("LIBDIR")
-        from fuse_export.serve_env import stub_environment
-
-        before = os.environ.get("LD_LIBRARY_PATH")
-        with stub_environment():
-            assert os.environ["LD_LIBRARY_PATH"].split(":")[0] == libdir
-        assert os.environ.get("LD_LIBRARY_PATH") == before
     else:
         assert libdir is None
+    # This interpreter's libpython first, then the wheel's own libraries, then what was there.
+    assert env["LD_LIBRARY_PATH"].split(":") == first + [str(dist.libs), "/opt/other"]
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)  # the stub's environment
+
+
+def _threads_of(pid: int) -> list[tuple[int, str]]:
+    """(pid, Cpus_allowed_list) of every thread of `pid` and of its descendants (the backend stubs)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                status = (task / "status").read_text()
+                out.append((p, status.split("Cpus_allowed_list:")[1].split()[0]))
+    return out
+
+
+def test_runner_threads_are_explicit_so_no_server_thread_is_pinned(server: Server, conns) -> None:
+    # Left to its default, ONNX Runtime pins its worker threads to fixed cores (the same ones in every process
+    # that does so); `serve` passes its thread count explicitly, which leaves placement to the OS.
+    assert runner_threads(None, 1) == physical_cores() and server.threads == physical_cores()
+    assert runner_threads(None, 2) == max(1, physical_cores() // 2) and runner_threads(3, 2) == 3
+    size = server.selected.pre.image_size
+    infer(*conns[1], MODEL, "image", np.zeros((2, 3, size, size), np.float32), "FP32")  # the pool exists now
+    allowed = Path("/proc/self/status").read_text().split("Cpus_allowed_list:")[1].split()[0]
+    threads = _threads_of(server.pid)
+    assert len({p for p, _ in threads}) >= 3, threads  # tritonserver and a stub per model
+    assert [t for t in threads if t[1] != allowed] == [], f"threads pinned to a subset of {allowed}"
 
 
 def test_tampered_or_unloadable_artifact_stops_serve_before_it_listens(export_copy: Path) -> None:
@@ -237,6 +276,23 @@ def test_second_serve_on_a_busy_port_fails_with_one_line(server: Server, tiny_ex
     assert proc.returncode == 2
     assert err.strip() == (f"error: --http-port {busy.http_port}: 127.0.0.1:{busy.http_port} is already in use; "
                            "pick a free port with --http-port")
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_server_counts_as_free() -> None:
+    """Restarting `serve` on its ports right after a stop must work: only a live listener makes a port busy."""
+    from fuse_export.errors import UserError
+    from fuse_export.serve_env import check_ports_free
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    with pytest.raises(UserError, match="already in use"):
+        check_ports_free("127.0.0.1", {"--http-port": port})
+    conn.close()  # the server side closes first: its end of the connection stays in TIME_WAIT
+    listener.close()
+    client.close()
+    check_ports_free("127.0.0.1", {"--http-port": port})
 
 
 def test_sigterm_during_a_burst_completes_in_flight_requests_and_exits_0(tiny_export: Path) -> None:

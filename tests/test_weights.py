@@ -9,7 +9,8 @@ from torchvision.models import resnet18, resnet34
 
 from fuse_export.errors import CheckpointError
 from fuse_export.model.backbone import ResNet18Trunk
-from fuse_export.model.weights import IMAGENET_FILE, IMAGENET_URL_ENV, OFFLINE_ENV, load_backbone_weights
+from fuse_export.model.weights import (IMAGENET_FILE, IMAGENET_SHA256_ENV, IMAGENET_URL_ENV, OFFLINE_ENV,
+                                       load_backbone_weights)
 
 SCN_INDEX = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
 
@@ -88,6 +89,7 @@ def test_imagenet_from_the_torch_hub_cache_offline(tmp_path, reference, monkeypa
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # keep a real ~/.cache out of the test
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.delenv(IMAGENET_URL_ENV, raising=False)
+    monkeypatch.delenv(IMAGENET_SHA256_ENV, raising=False)
     monkeypatch.setenv(OFFLINE_ENV, "1")
     with pytest.raises(CheckpointError) as err:
         load_backbone_weights(ResNet18Trunk(), "imagenet")
@@ -96,12 +98,16 @@ def test_imagenet_from_the_torch_hub_cache_offline(tmp_path, reference, monkeypa
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message and "offline" in message
     cache = tmp_path / "home" / ".cache" / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
-    # The default cache is searched too. The file's name must carry its own sha256 prefix (it is checked), so
-    # this random file goes under a mirror name of its own.
+    # The default cache is searched too. The file is checked against its full sha256, so this random file goes
+    # under a mirror name of its own, and (the project has no record of that file) with the user's sha256.
     torch.save(dict(reference), cache / "tmp.pth")
-    name = f"resnet18-{hashlib.sha256((cache / 'tmp.pth').read_bytes()).hexdigest()[:8]}.pth"
+    digest = hashlib.sha256((cache / "tmp.pth").read_bytes()).hexdigest()
+    name = f"resnet18-{digest[:8]}.pth"
     (cache / "tmp.pth").rename(cache / name)
     monkeypatch.setenv(IMAGENET_URL_ENV, f"http://127.0.0.1:9/{name}")
+    with pytest.raises(CheckpointError, match=f"no known sha256.*{IMAGENET_SHA256_ENV}"):
+        load_backbone_weights(ResNet18Trunk(), "imagenet")  # the prefix in the name alone is not enough
+    monkeypatch.setenv(IMAGENET_SHA256_ENV, digest)
     trunk = ResNet18Trunk()
     assert load_backbone_weights(trunk, "imagenet").complete
     assert_trunk_equals(trunk, reference)

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from fuse_export.errors import DataError
+from fuse_export.preprocess import open_image as decode_image
 
 
 @contextlib.contextmanager
@@ -33,13 +34,13 @@ SPLITS = ("train", "val", "test")
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file upright (EXIF orientation applied, as a phone's viewer shows it), as RGB.
+    """Decode an image file as deployment does (`fuse_export.preprocess.open_image`: EXIF orientation, alpha
+    over white, 16-bit to 8-bit, palette/CMYK), as RGB.
 
-    Phones store the sensor's pixels and an orientation tag; without the transpose a portrait photo reaches
-    the model lying on its side.
+    One decoder for training and deployment: a photo with an orientation tag, transparency or 16-bit samples
+    must reach the model the same way in both, or the deployed model sees inputs it was never trained on.
     """
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+    return decode_image(path).convert("RGB")
 
 
 @dataclass

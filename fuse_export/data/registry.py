@@ -1,7 +1,8 @@
 """Data set formats by name: the recipe's `data.format` picks a loader here, `data.options` are its arguments.
 
-Options every format takes: `on_bad` ("fail" | "skip"), and `noise_rate` / `noise_seed` (symmetric label
-noise injected into the training split, recorded in `FerDataset.label_noise`). The rest are per format;
+Options every format takes: `on_bad` ("fail" | "skip"), and `noise_rate` / `noise_seed` / `noise_kind`
+(label noise injected into the training split, "symmetric" or "asymmetric" flips to a confusable class,
+recorded in `FerDataset.label_noise`). The rest are per format;
 an option a format does not know is a RecipeError that lists the ones it does.
 """
 
@@ -18,7 +19,7 @@ from fuse_export.data.fer_folders import load_fer2013_folders
 from fuse_export.data.ferplus import load_ferplus
 from fuse_export.data.image_folder import load_image_folder
 from fuse_export.data.kdef import load_kdef
-from fuse_export.data.noise import inject_symmetric_noise
+from fuse_export.data.noise import NOISE_KINDS, inject_asymmetric_noise, inject_symmetric_noise
 from fuse_export.data.rafdb import load_rafdb
 from fuse_export.errors import RecipeError
 
@@ -32,7 +33,7 @@ LOADERS: dict[str, Loader] = {
     "rafdb": load_rafdb,
     "image-folder": load_image_folder,
 }
-NOISE_OPTIONS = ("noise_rate", "noise_seed")
+NOISE_OPTIONS = ("noise_rate", "noise_seed", "noise_kind")
 
 
 def format_options(fmt: str) -> list[str]:
@@ -52,8 +53,12 @@ def load_dataset(fmt: str, path: str | os.PathLike, **options) -> FerDataset:
                           f"its options are {', '.join(known)}")
     noise_rate = opt.fraction("noise_rate", options.pop("noise_rate", 0.0))
     noise_seed = opt.integer("noise_seed", options.pop("noise_seed", 0))
+    noise_kind = opt.choice("noise_kind", options.pop("noise_kind", "symmetric"), NOISE_KINDS)
     ds = LOADERS[fmt](path, **options)
-    if noise_rate > 0:
+    if noise_rate > 0 and noise_kind == "asymmetric":
+        ds.splits["train"], ds.label_noise = inject_asymmetric_noise(ds.splits["train"], noise_rate, noise_seed,
+                                                                     ds.class_names)
+    elif noise_rate > 0:
         ds.splits["train"], ds.label_noise = inject_symmetric_noise(ds.splits["train"], noise_rate, noise_seed,
                                                                     ds.num_classes)
     return ds

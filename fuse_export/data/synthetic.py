@@ -342,6 +342,19 @@ def _render(size: int, ident: dict[str, np.ndarray], expr: np.ndarray, scene: di
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def _draw_labels(rng: np.random.Generator, spec: SyntheticSpec) -> np.ndarray:
+    """Balanced expression labels in a seeded order (the first draw of a spec's generator)."""
+    return rng.permutation(np.repeat(np.arange(NUM_CLASSES, dtype=np.int64), spec.samples_per_class))
+
+
+def identity_traits(spec: SyntheticSpec) -> dict[str, np.ndarray]:
+    """The fixed traits of the spec's identities (arrays of `spec.identities` values), as `generate_faces` draws
+    them: to check that two specs share no person (the identity-pretraining stand-in against the experiments)."""
+    rng = np.random.default_rng(spec.seed)
+    _draw_labels(rng, spec)
+    return _identity_traits(rng, spec.identities)
+
+
 def generate_faces(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (images uint8 [N, S, S], labels int64 [N], identity int64 [N]).
 
@@ -349,7 +362,7 @@ def generate_faces(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray, np.ndar
     """
     rng = np.random.default_rng(spec.seed)
     n = NUM_CLASSES * spec.samples_per_class
-    labels = rng.permutation(np.repeat(np.arange(NUM_CLASSES, dtype=np.int64), spec.samples_per_class))
+    labels = _draw_labels(rng, spec)
     traits = _identity_traits(rng, spec.identities)
     identity = rng.integers(0, spec.identities, n).astype(np.int64)
     ident = {k: v[identity] for k, v in traits.items()}

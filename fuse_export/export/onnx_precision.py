@@ -4,9 +4,10 @@ Both start from the fp32 export. The parts where reduced precision hurts parity 
 the heads after global pooling (the SCN sigmoid that scales the logits, the softmaxes and the stacker are a
 few thousand FLOPs against ResNet-18's 1.8 GMAC) and, in uint8-input graphs, the in-graph normalization.
 int8 is calibrated on the user's images passed through the recipe's evaluation geometry (resize, center
-crop) and normalization (`fuse_export.export.calibration`), with per-channel symmetric int8 weights and one
-of two activation schemes (INT8_SCHEMES): u8s8 for ONNX Runtime on CPU, s8s8 for TensorRT. onnx and
-onnxruntime are imported only inside these functions.
+crop) and normalization (`fuse_export.export.calibration`), with per-channel symmetric weights in a full 8-bit
+or a 7-bit range (INT8_WEIGHTS: 7-bit for x86 CPUs without VNNI) and one of two activation schemes
+(INT8_SCHEMES): u8s8 for ONNX Runtime on CPU, s8s8 for TensorRT. onnx and onnxruntime are imported only
+inside these functions.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import ExportError, UserError
 from fuse_export.export.calibration import CALIBRATION_METHODS, CalibrationSet, normalize
+from fuse_export.export.int8_weights import INT8_WEIGHTS_KEY, WEIGHT_RANGES, WeightRange, int8_weight_range
 from fuse_export.fileio import atomic_path
 
 POOLING_OPS = ("GlobalAveragePool", "ReduceMean")
@@ -203,18 +205,21 @@ INT8_SCHEMES = {
 
 @dataclass(frozen=True)
 class Int8Settings:
-    """How to quantize: the calibration images, the range method, the Q/DQ scheme, the calibration batch."""
+    """How to quantize: the calibration images, the range method, the Q/DQ scheme, the calibration batch and
+    the weight range (INT8_WEIGHTS, or a resolved WeightRange)."""
 
     calib: CalibrationSet
     method: str = "minmax"
     scheme: str = "u8s8"
     batch: int = 16
+    weights: str | WeightRange = "auto"
 
 
 def quantize_int8(src: Path, dst: Path, metadata: dict[str, Any], calib: CalibrationSet, pre: Preprocessing,
                   method: str = "minmax", embed_preprocessing: bool = False, batch: int = 16,
-                  scheme: str = "u8s8") -> dict[str, Any]:
-    """Static PTQ to Q/DQ: ORT's pre-processing, then `quantize_static` calibrated on `calib`."""
+                  scheme: str = "u8s8", weights: str | WeightRange = "auto") -> dict[str, Any]:
+    """Static PTQ to Q/DQ: ORT's pre-processing, then `quantize_static` calibrated on `calib`, with weights in
+    the range `weights` (see int8_weight_range); the range is recorded in the file's metadata and returned."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -223,6 +228,7 @@ def quantize_int8(src: Path, dst: Path, metadata: dict[str, Any], calib: Calibra
         raise UserError(f"--calibration-method {method!r}: choose from {', '.join(CALIBRATION_METHODS)}")
     if scheme not in INT8_SCHEMES:
         raise UserError(f"--int8-scheme {scheme!r}: choose from {', '.join(INT8_SCHEMES)}")
+    wr = weights if isinstance(weights, WeightRange) else int8_weight_range(weights)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     activations, symmetric = INT8_SCHEMES[scheme]
@@ -237,14 +243,15 @@ def quantize_int8(src: Path, dst: Path, metadata: dict[str, Any], calib: Calibra
         if method == "entropy":
             options["TensorQuantOverrides"] = _entropy_ranges(prepared, _reader(feeds, name, batch), Path(tmp))
         quantize_static(str(prepared), str(quantized), _reader(feeds, name, batch),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=wr.reduce_range,
                         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                         calibrate_method=methods[method], extra_options=options)
-        _finish(onnx.load(str(quantized)), metadata, dst)
-    return {"calibration": {**calib.describe(), "method": method, "scheme": scheme,
-                            "activations": activations, "weights": "int8 symmetric per-channel",
-                            "fp32_nodes": len(exclude)}}
+        _finish(onnx.load(str(quantized)), {**metadata, INT8_WEIGHTS_KEY: wr.to_dict()}, dst)
+    lo, hi = WEIGHT_RANGES[wr.bits]
+    return {"calibration": {**calib.describe(), "method": method, "scheme": scheme, "activations": activations,
+                            "weights": f"int8 symmetric per-channel, {wr.bits}-bit range [{lo}, {hi}]",
+                            INT8_WEIGHTS_KEY: wr.to_dict(), "fp32_nodes": len(exclude)}}
 
 
 def export_reduced_onnx(view: Any, example: Any, path: Path, contract: Any, metadata: dict[str, Any], precision: str,
@@ -262,5 +269,5 @@ def export_reduced_onnx(view: Any, example: Any, path: Path, contract: Any, meta
             return convert_fp16(src, path, metadata)
         if precision == "int8" and int8 is not None:
             return quantize_int8(src, path, metadata, int8.calib, pre, int8.method, embed_preprocessing, int8.batch,
-                                 int8.scheme)
+                                 int8.scheme, int8.weights)
     raise UserError(f"--precision {precision!r}: ONNX offers fp32, fp16, int8")

@@ -28,6 +28,7 @@ class ExportOptions:
     calibration_samples: int = 512
     calibration_method: str = "minmax"
     int8_scheme: str = "auto"
+    int8_weights: str = "auto"  # 8, 7 or auto: 7-bit when this x86 CPU lacks VNNI (export/int8_weights.py)
     simplify: bool = False  # onnxslim on every ONNX file (the `simplify` extra)
     optimize: bool = True  # torch.onnx.export(optimize=...): turn off when the exporter's optimizer breaks a graph
     device: str | None = None  # where GPU formats (TensorRT) are built and verified: "cuda" or "cuda:N"

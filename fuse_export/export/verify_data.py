@@ -70,7 +70,7 @@ def _trained_on(state: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None
     path = state.get("data_path") or data.get("path")
     if not path or not Path(path).exists():
         return None
-    options = {k: v for k, v in (data.get("options") or {}).items() if k not in ("noise_rate", "noise_seed")}
+    options = {k: v for k, v in (data.get("options") or {}).items() if not str(k).startswith("noise_")}
     return str(data.get("format", "fer2013-csv")), str(path), options
 
 

@@ -13,6 +13,10 @@ predictions, fitted by full-batch L-BFGS with L2. Two feature sets (`kind`):
   large held-out splits, not as the default.
 
 Log-probabilities are log_softmax of the heads' logits (exact and finite, unlike log of a softmax).
+
+Every candidate combination the training run chooses between (train/stacking.py) is a weight matrix of this one
+layer (`anchor_weights`): the DCNN head alone, the SCN head alone, their even combination, or a fit regularized
+towards the even combination. So whichever wins, the exported graph is the same Linear layer.
 """
 
 from __future__ import annotations
@@ -23,8 +27,35 @@ from torch import nn
 STACKER_KINDS = ("linear", "interaction")
 
 
+# The fixed combinations a fitted stacker must beat, each a weight pattern over the heads' blocks of features.
+ANCHORS = ("dcnn", "scn", "average")
+
+
 def feature_dim(kind: str, num_classes: int) -> int:
     return {"interaction": 4 * num_classes + 1, "linear": 2 * num_classes + 1}[kind]
+
+
+def default_gain(kind: str) -> float:
+    """The unfitted even combination's gain: mean log-probabilities, or probabilities sharpened x4."""
+    return 0.5 if kind == "interaction" else 4.0
+
+
+def anchor_weights(kind: str, num_classes: int, anchor: str, gain: float) -> torch.Tensor:
+    """The [C, F] weight of a fixed combination: `gain` times the identity on the DCNN block ("dcnn"), the SCN
+    block ("scn") or both ("average"); zero on alpha (and on the alpha-scaled blocks of "interaction").
+
+    Its argmax is the head's (or the heads' mean's) argmax for any gain > 0; the gain only sets the confidence.
+    """
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor {anchor!r}: choose from {', '.join(ANCHORS)}")
+    c = num_classes
+    w = torch.zeros(c, feature_dim(kind, c))
+    eye = torch.eye(c) * float(gain)
+    if anchor in ("dcnn", "average"):
+        w[:, :c] = eye
+    if anchor in ("scn", "average"):
+        w[:, c:2 * c] = eye
+    return w
 
 
 class Stacker(nn.Module):
@@ -36,12 +67,8 @@ class Stacker(nn.Module):
         self.linear = nn.Linear(feature_dim(kind, num_classes), num_classes)
         # Until fitted, combine the two heads evenly (a sane default, not a zero net): the mean of their
         # log-probabilities ("interaction"), or of their probabilities, sharpened ("linear").
-        gain = 0.5 if kind == "interaction" else 4.0
         with torch.no_grad():
-            self.linear.weight.zero_()
-            eye = torch.eye(num_classes)
-            self.linear.weight[:, :num_classes] = eye * gain
-            self.linear.weight[:, num_classes:2 * num_classes] = eye * gain
+            self.linear.weight.copy_(anchor_weights(kind, num_classes, "average", default_gain(kind)))
             self.linear.bias.zero_()
 
     def features(self, dcnn_logits: torch.Tensor, scn_logits: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -61,23 +88,40 @@ def fit_stacker(
     labels: torch.Tensor,
     weight_decay: float = 1e-3,
     max_iter: int = 200,
+    anchor: torch.Tensor | None = None,
 ) -> float:
-    """Fit by full-batch L-BFGS on cross-entropy + L2 (deterministic, seconds on CPU). Returns the final loss."""
+    """Fit by full-batch L-BFGS on cross-entropy + weight_decay * ||W - anchor||^2 (deterministic, milliseconds on
+    CPU). Returns the fitted objective (cross-entropy + penalty) at the solution.
+
+    With `anchor` (a [C, F] weight, see `anchor_weights`) the penalty pulls towards that combination of the heads
+    instead of towards zero: a strong penalty gives the anchor back (sharpened or softened), a weak one the free
+    fit. The bias is not penalized. The fit starts from the anchor.
+    """
     features = features.detach().float().cpu()
     labels = labels.detach().long().cpu()
     lin = stacker.linear
     device = lin.weight.device
     lin.cpu().train()
+    target = torch.zeros_like(lin.weight) if anchor is None else anchor.detach().float().cpu()
+    if anchor is not None:
+        with torch.no_grad():
+            lin.weight.copy_(target)
+            lin.bias.zero_()
     opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
     loss_fn = nn.CrossEntropyLoss()
 
+    def objective() -> torch.Tensor:
+        return loss_fn(lin(features), labels) + weight_decay * (lin.weight - target).pow(2).sum()
+
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = loss_fn(lin(features), labels) + weight_decay * lin.weight.pow(2).sum()
+        loss = objective()
         loss.backward()
         return loss
 
     with torch.enable_grad():
-        loss = opt.step(closure)
+        opt.step(closure)  # returns the loss at the START (L-BFGS's first closure call), not the fitted one
+    with torch.no_grad():
+        fitted = float(objective())
     lin.to(device)
-    return float(loss.detach())
+    return fitted

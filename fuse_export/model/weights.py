@@ -3,9 +3,10 @@
 Files are read without unpickling arbitrary objects (safetensors, or `torch.load(weights_only=True)`).
 Layouts in circulation, all mapped onto torchvision's names by small named mappers:
 - torchvision's ImageNet file `resnet18-f37072fd.pth` (plain names, 1000-way `fc.*` to drop); `imagenet`
-  takes it from the torch hub cache after checking its sha256 against the prefix in its name, or downloads it
-  there through torchvision's weights API (progress bar, hash check) unless offline (`FUSE_EXPORT_OFFLINE=1`,
-  `--offline`); `FUSE_EXPORT_IMAGENET_URL` overrides where it comes from (a mirror; the tests' local server);
+  takes it from the torch hub cache after checking its FULL sha256, or downloads it there through torch.hub
+  (progress bar, full sha256 check) unless offline (`FUSE_EXPORT_OFFLINE=1`, `--offline`);
+  `FUSE_EXPORT_IMAGENET_URL` overrides where it comes from (a mirror; the tests' local server), and a mirror file
+  the project has no full hash for is refused unless `FUSE_EXPORT_IMAGENET_SHA256` gives it;
 - MS-Celeb-1M `ijba_res18_naive.pth.tar` (the SCN authors' file): `{'state_dict': ...}` with `module.` keys
   and face-recognition layers `feature.*` / `fc.*` to drop;
 - MS-Celeb-1M `resnet18_msceleb.pth` (DAN, DACL, RUL): `{'state_dict': ...}` with plain torchvision names;
@@ -17,7 +18,6 @@ SCN authors' own loader silently loaded nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -30,13 +30,23 @@ import torch
 from torch import nn
 
 from fuse_export.errors import CheckpointError
+from fuse_export.fileio import sha256_file
 
 IMAGENET_FILE = "resnet18-f37072fd.pth"
 IMAGENET_URL = f"https://download.pytorch.org/models/{IMAGENET_FILE}"
 IMAGENET_NAMES = ("imagenet", "torchvision-imagenet")  # model.pretrained values that mean "the hub cache file"
-IMAGENET_URL_ENV = "FUSE_EXPORT_IMAGENET_URL"  # a mirror of the file; its name must keep the sha256 prefix
+IMAGENET_URL_ENV = "FUSE_EXPORT_IMAGENET_URL"  # a mirror of the file (a known name, or give its sha256 below)
+IMAGENET_SHA256_ENV = "FUSE_EXPORT_IMAGENET_SHA256"  # the full sha256 of a mirror file the project does not know
 OFFLINE_ENV = "FUSE_EXPORT_OFFLINE"  # 1: never download; a missing file is an error naming where to put it
+# Full sha256 of every weights file the project fetches by name. torch.hub's name-<prefix>.ext carries only 32 bits
+# of the hash, which a replaced file can be made to match; the full digest cannot. torchvision records only the
+# prefix; this value (46,830,571 bytes) is the one recorded for the download.pytorch.org file by many unrelated
+# projects that pin it.
+KNOWN_SHA256: dict[str, str] = {
+    IMAGENET_FILE: "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec",
+}
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: name-<sha256 prefix>.ext
+_FULL_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # SCN's Res18Feature wraps the torchvision children in `features`: 0 conv1, 1 bn1, 4..7 layer1..4.
 _SCN_FEATURES = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
@@ -123,57 +133,72 @@ def imagenet_url() -> str:
     return os.environ.get(IMAGENET_URL_ENV) or IMAGENET_URL
 
 
-def check_hash_in_name(path: Path) -> None:
-    """A file named name-<sha256 prefix>.ext must hash to that prefix (torch.hub checks only at download)."""
-    m = _HASH_IN_NAME.search(path.name)
-    if not m:
-        return
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    if not digest.hexdigest().startswith(m.group(1)):
-        raise CheckpointError(f"{path}: corrupt or replaced: its sha256 starts {digest.hexdigest()[:len(m.group(1))]}, "
-                              f"its name says {m.group(1)}; delete the file (it is downloaded again unless offline)")
+def expected_sha256(name: str) -> str:
+    """The full sha256 a weights file called `name` must have: the project's own record (KNOWN_SHA256), else
+    FUSE_EXPORT_IMAGENET_SHA256; a file with neither is refused, because the sha256 prefix in a name is 32 bits."""
+    given = os.environ.get(IMAGENET_SHA256_ENV, "").strip().lower()
+    if given and not _FULL_SHA256.fullmatch(given):
+        raise CheckpointError(f"{IMAGENET_SHA256_ENV}={given!r}: not a sha256 (64 hex digits); give the full "
+                              f"sha256 of {name} (`sha256sum {name}`)")
+    known = KNOWN_SHA256.get(name)
+    if known and given and given != known:
+        raise CheckpointError(f"{IMAGENET_SHA256_ENV} is {given}, but {name} is known to hash to {known}; "
+                              f"unset {IMAGENET_SHA256_ENV}, or rename the mirror file if it is another file")
+    if known or given:
+        expected = known or given
+        prefix = _HASH_IN_NAME.search(name)
+        if prefix and not expected.startswith(prefix.group(1)):
+            raise CheckpointError(f"{IMAGENET_SHA256_ENV} is {given}, but the name {name} says its sha256 starts "
+                                  f"{prefix.group(1)}; one of the two is wrong")
+        return expected
+    raise CheckpointError(f"{IMAGENET_URL_ENV} names {name}, a file with no known sha256 (the prefix in a name is "
+                          f"no check against a replaced file): set {IMAGENET_SHA256_ENV} to its full sha256, or "
+                          f"mirror {IMAGENET_FILE} under its own name")
+
+
+def check_sha256(path: Path, expected: str) -> None:
+    """`path` must hash to `expected` (a full sha256): a corrupt or replaced cached file is refused."""
+    digest = sha256_file(path)
+    if digest != expected:
+        raise CheckpointError(f"{path}: corrupt or replaced: its sha256 is {digest}, expected {expected}; delete the "
+                              "file (it is downloaded again unless offline)")
 
 
 def find_imagenet_weights(offline: bool | None = None, progress: bool = True) -> Path:
-    """torchvision's ImageNet ResNet-18 file: from the hub cache (hash checked), else downloaded into it."""
+    """torchvision's ImageNet ResNet-18 file: from the hub cache (full sha256 checked), else downloaded into it."""
     url = imagenet_url()
     name = Path(url.split("?", 1)[0]).name
+    expected = expected_sha256(name)  # before the cache: a file is only ever used against a full hash
     dirs = hub_checkpoint_dirs()
     for d in dirs:
         if (d / name).is_file():
-            check_hash_in_name(d / name)
+            check_sha256(d / name, expected)
             return d / name
     where = (f"put {name} (from {url}) in {dirs[0]}, or set model.pretrained to the file's path "
              "(--pretrained PATH)")
     if offline_requested() if offline is None else offline:
         raise CheckpointError(f"ImageNet ResNet-18 weights not found and offline ({OFFLINE_ENV}=1 / --offline): {where}")
-    _download(url, dirs[0], progress, where)
+    _download(url, dirs[0] / name, expected, progress, where)
     return dirs[0] / name
 
 
-def _download(url: str, folder: Path, progress: bool, where: str) -> None:
-    """Fetch through torchvision's weights API (torch.hub: progress bar, sha256 prefix check, temporary file
-    renamed into place only when complete, so a failed or corrupt download leaves nothing in the cache)."""
+def _download(url: str, dst: Path, sha256: str, progress: bool, where: str) -> None:
+    """Fetch through torch.hub's downloader (progress bar; a temporary file renamed into place only when complete
+    and matching the full `sha256`, so a failed, corrupt or replaced download leaves nothing in the cache)."""
     import urllib.error
 
     import torch.hub
-    from torchvision.models import ResNet18_Weights
 
-    kwargs = {"model_dir": str(folder), "progress": progress, "check_hash": True, "weights_only": True}
-    print(f"downloading ImageNet ResNet-18 weights from {url} into {folder}", file=sys.stderr)
+    print(f"downloading ImageNet ResNet-18 weights from {url} into {dst.parent}", file=sys.stderr)
     try:
-        if url == ResNet18_Weights.IMAGENET1K_V1.url:
-            ResNet18_Weights.IMAGENET1K_V1.get_state_dict(**kwargs)
-        else:
-            torch.hub.load_state_dict_from_url(url, **kwargs)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        # hash_prefix compares digest[:len(prefix)]: given the full digest, it is a full check.
+        torch.hub.download_url_to_file(url, str(dst), hash_prefix=sha256, progress=progress)
     except RuntimeError as exc:
         if "invalid hash value" in str(exc):
             raise CheckpointError(f"{url}: the download failed its sha256 check ({exc}); nothing was kept. "
                                   f"Retry, or {where}") from None
-        raise CheckpointError(f"{url}: the download is not a readable weights file ({exc}); {where}") from None
+        raise CheckpointError(f"{url}: the download failed ({exc}); {where}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise CheckpointError(f"ImageNet ResNet-18 weights could not be downloaded from {url} ({reason}): "
@@ -196,6 +221,8 @@ def describe_load_error(exc: BaseException, what: str = "PyTorch weights file") 
     if unsafe:
         return (f"refused to load: the file holds a {unsafe.group(1)} object, not only tensors and plain data "
                 "(unpickling it could run code; nothing in it was run)")
+    if isinstance(exc, UnicodeDecodeError):  # random bytes read as a legacy (non-zip) pickle's text header
+        return f"not a readable {what} (corrupt: its bytes are neither a zip archive nor a pickle; nothing in it was run)"
     if isinstance(exc, pickle.UnpicklingError):
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
         why = detail.group(1).strip() if detail else "unknown content"

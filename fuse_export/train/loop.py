@@ -20,6 +20,7 @@ from fuse_export.model.fused import FusedFER, HeadOutputs
 from fuse_export.model.scn import local_low_mask, rank_regularization, relabel
 from fuse_export.train.build import stage_one
 from fuse_export.train.distributed import DistContext, all_gather_cat, all_reduce, gather_keeping_grad
+from fuse_export.train.dynamics import EpochMargins
 from fuse_export.train.recipe import SCNSection, TrainSection
 from fuse_export.train.speed import Precision, batch_to
 
@@ -71,7 +72,8 @@ _SUMS = ("loss", "dcnn", "scn", "rank", "acc_d", "acc_s", "alpha")
 
 def train_one_epoch(net: Callable[[torch.Tensor], HeadOutputs], model: FusedFER, loader: DataLoader,
                     labels: LabelState, optimizer: torch.optim.Optimizer, precision: Precision, scn: SCNSection,
-                    train: TrainSection, epoch: int, ctx: DistContext, progress: Progress | None = None) -> EpochStats:
+                    train: TrainSection, epoch: int, ctx: DistContext, progress: Progress | None = None,
+                    margins: EpochMargins | None = None) -> EpochStats:
     """One pass: CE on the DCNN head + (CE on SCN's alpha-weighted logits + rank regularization).
 
     `net` is the stage-1 network (trunk + heads, maybe DDP-wrapped and compiled); `model` the FusedFER it
@@ -82,6 +84,7 @@ def train_one_epoch(net: Callable[[torch.Tensor], HeadOutputs], model: FusedFER,
     authors: this iteration still uses the old label); as the sampler shows each sample once per epoch, the
     decisions are gathered from all ranks and stored at the end of the epoch. During the first
     `train.freeze_backbone_epochs` epochs only the heads train (trunk frozen, its BatchNorm in eval mode).
+    With `margins`, each sample's margin of its given label (as loaded) is added up for the label audit's AUM.
     """
     device = ctx.device
     model.train()
@@ -119,6 +122,8 @@ def train_one_epoch(net: Callable[[torch.Tensor], HeadOutputs], model: FusedFER,
                                  loss_rank.float() * n, (heads.dcnn_logits.argmax(1) == hard).sum().float(),
                                  (heads.scn_logits.argmax(1) == hard).sum().float(),
                                  heads.alpha.float().sum()]).double()
+            if margins is not None:
+                margins.add(idx, labels.original[idx], heads.dcnn_logits, heads.scn_logits)
             if relabel_now:
                 low = local_low_mask(global_alpha, scn.beta, offset, n) if scn.relabel_scope == "low" else None
                 new, changed = relabel(heads.scn_logits.float(), hard, heads.alpha.float(), scn.margin2,

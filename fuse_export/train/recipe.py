@@ -81,7 +81,14 @@ class StackingSection:
     # "linear": [p_dcnn, p_scn, alpha]; "interaction": alpha also scales each head's log-probabilities
     # (model/stacker.py). Linear was better in benchmarks/compare_stacker.py (RESULTS.md), so it is the default.
     kind: str = "linear"
-    weight_decay: float = 1e-3
+    # How the stacker's weights are chosen (train/stacking.py): "cv" picks, by K-fold cross-validation on the
+    # held-out split, among the DCNN head alone, the SCN head alone, their even combination and fits regularized
+    # towards it at each of `strengths`, so the fused output is never below the better head on held-out data.
+    # "fitted" (one fit with `weight_decay`), "average", "dcnn" and "scn" force one candidate: for ablations.
+    select: str = "cv"
+    folds: int = 5
+    strengths: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+    weight_decay: float = 1e-3  # select = "fitted": the pull towards the even combination
     max_iter: int = 200
 
 
@@ -98,6 +105,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model"]["dcnn_hidden"] = list(self.model.dcnn_hidden)
+        d["stacking"]["strengths"] = list(self.stacking.strengths)
         return d
 
     def replace(self, **sections: dict[str, Any]) -> Recipe:
@@ -118,6 +126,7 @@ _CHOICES = {
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("data", "geometry"): ("squash", "resize-crop"),
     ("stacking", "kind"): ("linear", "interaction"),
+    ("stacking", "select"): ("cv", "fitted", "average", "dcnn", "scn"),  # train/stacking.SELECT_MODES
 }
 
 
@@ -220,6 +229,9 @@ def _validate(file: str, r: Recipe) -> None:
         (r.train.backbone_lr_mult > 0 and r.train.backbone_lr_mult != float("inf"),
          "train.backbone_lr_mult must be a finite number > 0 (freeze with train.freeze_backbone_epochs instead)"),
         (0.0 < r.stacking.holdout_fraction < 0.5, "stacking.holdout_fraction must be in (0, 0.5)"),
+        (2 <= r.stacking.folds <= 50, "stacking.folds must be in 2..50 (typical: 5)"),
+        (1 <= len(r.stacking.strengths) <= 20 and all(0.0 < v <= 100.0 for v in r.stacking.strengths),
+         "stacking.strengths must list 1..20 numbers in (0, 100] (typical: [0.001, 0.01, 0.1, 1])"),
         (all(h > 0 for h in r.model.dcnn_hidden), "model.dcnn_hidden sizes must be > 0"),
     ]
     for ok, message in checks:

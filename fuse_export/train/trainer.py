@@ -24,18 +24,19 @@ from fuse_export.data.transforms import eval_transform, train_transform
 from fuse_export.errors import CheckpointError
 from fuse_export.fileio import write_json
 from fuse_export.model.fused import FusedFER
-from fuse_export.model.stacker import fit_stacker
 from fuse_export.progress import console, progress_bar
 from fuse_export.train.build import (build_model, fetch_pretrained_on_main, holdout_split, make_optimizer,
                                      prepare_data, training_network)
 from fuse_export.train.checkpoint import (check_resume_state, read_checkpoint_on_main, remove_stale_temporaries,
                                          run_folder, save_checkpoint)
-from fuse_export.train.distributed import (DistContext, all_gather_object, barrier, broadcast_module,
+from fuse_export.train.distributed import (DistContext, all_gather_object, barrier, broadcast_module, broadcast_object,
                                            check_batch_split, setup, teardown)
+from fuse_export.train.dynamics import EpochMargins, TrainingDynamics
 from fuse_export.train.loaders import eval_loader, train_loader
 from fuse_export.train.loop import LabelState, gather_heads, head_accuracies, predict_heads, train_one_epoch
 from fuse_export.train.metrics import TensorBoardLog, plot_history, write_history
 from fuse_export.train.recipe import Recipe
+from fuse_export.train.stacking import StackerChoice, choose_stacker, summary_line
 from fuse_export.train.speed import configure_backends, make_precision
 from fuse_export.train.state import DROPOUT, capture_rng, derive_seed, restore_rng, seed_rank
 
@@ -59,24 +60,26 @@ class TrainResult:
     model: FusedFER | None = None  # with the best epoch's weights, as evaluated on the test split
     rank: int = 0
     world_size: int = 1
+    dynamics: TrainingDynamics | None = None  # per-sample margins of the given labels (the label audit's AUM)
 
 
 def run_training(recipe: Recipe, data_path: str | None, out_dir: str | Path, device: str = "auto",
                  resume: bool = False, progress: bool = True,
                  on_epoch_end: EpochCallback | None = None,
-                 transforms: TransformPair | None = None) -> TrainResult:
+                 transforms: TransformPair | None = None, train_rows: np.ndarray | None = None) -> TrainResult:
     """Train per the recipe into `out_dir` (best.pt, last.pt, metrics.jsonl/csv, summary.json, curves).
 
     Under torchrun (or inside an initialized process group) this is one rank of a distributed run.
     `on_epoch_end(epoch, metrics_row)` runs on every rank after each epoch's checkpoint is written.
     `transforms(pre) -> (train, eval)` replaces the contract's transforms: for ablations only (a model trained
     so carries a preprocessing contract its training did not follow).
+    `train_rows` restricts training to those rows of the train split (the label audit's cross-fitting).
     """
     ctx = setup(device)
     try:
         # The main process holds the run folder (one writer; no overwrite of an earlier run without --resume).
         with run_folder(out_dir, resume) if ctx.is_main else contextlib.nullcontext():
-            return _train(recipe, data_path, Path(out_dir), ctx, resume, progress, on_epoch_end, transforms)
+            return _train(recipe, data_path, Path(out_dir), ctx, resume, progress, on_epoch_end, transforms, train_rows)
     finally:
         teardown(ctx)
 
@@ -86,13 +89,16 @@ def _quiet(*_: Any, **__: Any) -> None:
 
 
 def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, resume: bool, progress: bool,
-           on_epoch_end: EpochCallback | None, transforms: TransformPair | None = None) -> TrainResult:
+           on_epoch_end: EpochCallback | None, transforms: TransformPair | None = None,
+           train_rows: np.ndarray | None = None) -> TrainResult:
     log = console.print if ctx.is_main else _quiet
     dev, seed, t = ctx.device, recipe.train.seed, recipe.train
     per_rank_batch = check_batch_split(t.batch_size, ctx, recipe.source or recipe.name)
     configure_backends(dev, t.deterministic)
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     ds = prepare_data(recipe, data_path)
+    if train_rows is not None:
+        ds.splits["train"] = ds.splits["train"].subset(np.asarray(train_rows, np.int64))
     # The contract the checkpoint carries: the data set's colour (gray sets stay gray at deployment) and the
     # recipe's geometry; the transforms below derive from it.
     pre = Preprocessing(image_size=recipe.data.image_size, class_names=ds.class_names, color_mode=ds.color_mode,
@@ -102,6 +108,7 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
     soft = train_split.soft_targets
     labels = LabelState(torch.from_numpy(train_split.labels.copy()), torch.from_numpy(train_split.labels.copy()),
                         None if soft is None else torch.from_numpy(np.asarray(soft, np.float32).copy()))
+    dynamics = TrainingDynamics.start(ds.splits["train"].labels, train_idx)
 
     fetch_pretrained_on_main(recipe, ctx)  # a download happens once, on rank 0, before any rank reads the file
     model = build_model(recipe, ds.num_classes, log).to(dev)
@@ -110,6 +117,7 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
     history: list[dict[str, Any]] = []
     start_epoch, best_metric, best_epoch = 1, -math.inf, 0
     best_weights: dict[str, torch.Tensor] | None = None
+    best_stacking: dict[str, Any] | None = None  # stage 2's record at the best epoch
     rng_states: list[dict[str, Any]] | None = None
     last, best = out / "last.pt", out / "best.pt"
     if ctx.is_main:
@@ -132,10 +140,13 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
         if state.get("scaler"):
             precision.scaler.load_state_dict(state["scaler"])
         labels.labels = state["labels"].clone()
+        if "training_dynamics" in state:  # runs from before the audit's AUM have none: it restarts empty
+            dynamics = TrainingDynamics.from_state(state["training_dynamics"], last)
         if labels.soft is not None and "soft_labels" in state:
             labels.soft = state["soft_labels"].clone()
         history = list(state["history"])
         start_epoch, best_metric, best_epoch = state["epoch"] + 1, state["best_metric"], state["best_epoch"]
+        best_stacking = state.get("best_stacking")
         best_weights = read_checkpoint_on_main(best, ctx)["model"]
         saved_rng = state["rng"]
         rng_states = saved_rng if isinstance(saved_rng, list) else [saved_rng]  # format 1 held one dict
@@ -168,8 +179,10 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
             progress_bar(progress and ctx.is_main) as bar:
         for epoch in range(start_epoch, t.epochs + 1):
             train_dl.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+            margins = (EpochMargins(len(train_split), dev)
+                       if TrainingDynamics.records(epoch, recipe.scn.relabel_epoch) else None)
             stats = train_one_epoch(net, model, train_dl, labels, optimizer, precision, recipe.scn, t, epoch, ctx,
-                                    bar)
+                                    bar, margins)
             scheduler.step()
             # DDP keeps the parameters equal, but each rank's BatchNorm statistics saw only its own batches;
             # rank 0's are the ones DDP hands every rank before each forward, so they are the model's.
@@ -178,9 +191,14 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
             # Rank 0 fits and broadcasts: L-BFGS is only bitwise repeatable on identical hardware and
             # libraries, which nodes of one job need not share; a broadcast of ~120 floats costs nothing.
             hold = gather_heads(predict_heads(model, hold_dl, dev, t.channels_last), ctx)
+            if margins is not None:
+                dynamics.add_epoch(epoch, train_idx, margins.reduced(ctx), hold_idx, hold.dcnn_logits, hold.scn_logits)
+            choice: StackerChoice | None = None
             if ctx.is_main:
-                fit_stacker(model.stacker, model.stacking_features(hold), hold_y, recipe.stacking.weight_decay,
-                            recipe.stacking.max_iter)
+                sk = recipe.stacking
+                choice = choose_stacker(model.stacker, model.stacking_features(hold), hold_y, select=sk.select,
+                                        folds=sk.folds, strengths=sk.strengths, weight_decay=sk.weight_decay,
+                                        max_iter=sk.max_iter, seed=seed)
             broadcast_module(model.stacker, ctx)
             val_acc = head_accuracies(model, gather_heads(predict_heads(model, val_dl, dev, t.channels_last), ctx),
                                       val_y)
@@ -190,7 +208,9 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
                    "alpha_mean": stats.alpha_mean, "relabeled_epoch": stats.relabeled_epoch,
                    "relabeled_total": labels.relabeled, "val_acc_dcnn": val_acc["dcnn"],
                    "val_acc_scn": val_acc["scn"], "val_acc_fused": val_acc["fused"],
-                   "seconds": stats.seconds, "images_per_s": stats.images_per_s}
+                   "seconds": stats.seconds, "images_per_s": stats.images_per_s,
+                   # rank 0 chose; every rank's history records its choice (histories are equal across ranks)
+                   "stacker": broadcast_object(choice.winner if choice else None, ctx)}
             history.append(row)
             log(f"epoch {epoch}/{t.epochs}: loss {stats.loss:.3f}  val acc dcnn {val_acc['dcnn']:.3f} "
                 f"scn {val_acc['scn']:.3f} fused {val_acc['fused']:.3f}  relabeled {labels.relabeled}  "
@@ -199,7 +219,9 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
                 best_metric, best_epoch = val_acc["fused"], epoch
                 best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 if ctx.is_main:
-                    save_checkpoint(best, model, pre, recipe_dict, epoch=epoch, metrics=row)
+                    best_stacking = choice.to_dict() if choice else None
+                    save_checkpoint(best, model, pre, recipe_dict, epoch=epoch, metrics=row,
+                                    training_dynamics=dynamics.state(), stacking=choice.to_dict() if choice else None)
             rng = all_gather_object(capture_rng(dev), ctx)  # every rank's generators, in rank order
             if ctx.is_main:
                 extra = {"soft_labels": labels.soft} if labels.soft is not None else {}
@@ -207,7 +229,9 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
                                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                 scaler=precision.scaler.state_dict(), labels=labels.labels.clone(), rng=rng,
                                 history=history, best_metric=best_metric, best_epoch=best_epoch,
-                                world_size=ctx.world_size, **extra)
+                                world_size=ctx.world_size, training_dynamics=dynamics.state(),
+                                stacking=choice.to_dict() if choice else None, best_stacking=best_stacking,
+                                **extra)
                 write_history(out, history)
                 tensorboard.log(row)
             if on_epoch_end is not None:
@@ -226,10 +250,14 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
                    "best_epoch": best_epoch, "val_accuracy_fused": best_metric, "test_accuracy": test_acc,
                    "relabeled_total": labels.relabeled, "train_samples": len(train_split),
                    "holdout_samples": len(hold_split), "class_names": list(ds.class_names),
-                   "splits": ds.counts()}
+                   "splits": ds.counts(),
+                   # Stage 2 of the best epoch: every candidate's cross-validated scores and the winner.
+                   "stacking": best_stacking}
         write_json(out / "summary.json", summary)
         plot_history(out, history)
+        if best_stacking is not None:
+            log(summary_line(best_stacking))
         log(f"test accuracy (best epoch {best_epoch}): " + json.dumps({k: round(v, 4) for k, v in test_acc.items()}))
     barrier(ctx)  # when any rank returns, rank 0's files are complete
     return TrainResult(out, best, last, best_epoch, test_acc, history, labels.relabeled, labels.labels.clone(),
-                       model.eval(), ctx.rank, ctx.world_size)
+                       model.eval(), ctx.rank, ctx.world_size, dynamics)
