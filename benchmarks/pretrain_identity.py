@@ -2,8 +2,8 @@
 
 The seed paper (and SCN) start from a ResNet-18 pretrained on MS-Celeb-1M face recognition; no such file can be
 downloaded here. This script draws many identities from the project's face generator (hundreds, none of them an
-identity of the expression experiments: their traits come from another seed, checked below), every identity
-showing all seven expressions, and trains the trunk plus a linear identity classifier on them. It writes the
+identity of the expression experiments: their traits come from another seed, checked below), expressions
+drawn independently of identity (so most, not all, identities show all seven), and trains the trunk plus a linear identity classifier on them. It writes the
 weights in the layout of the circulating `resnet18_msceleb.pth` (`{'state_dict': torchvision names, fc
 included}`), so `--pretrained PATH` (or `model.pretrained = "PATH"` in a recipe) loads it exactly like the real
 MS-Celeb file. It is a stand-in: a trunk that has learnt faces, not the real MS-Celeb-1M network.
@@ -80,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/pretrain/identity_resnet18.pth"))
     ap.add_argument("--identities", type=int, default=400)
-    ap.add_argument("--images", type=int, default=16000, help="face images in all (every identity shows all 7 expressions)")
+    ap.add_argument("--images", type=int, default=16000, help="face images in all (expressions drawn independently of identity)")
     ap.add_argument("--image-size", type=int, default=32, help="the trunk's input size (the experiments' size)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=128)

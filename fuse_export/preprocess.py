@@ -93,7 +93,7 @@ def _as_image(item: ImageLike) -> Image.Image:
     return item if isinstance(item, Image.Image) else open_image(item)
 
 
-def _resize_crop_box(width: int, height: int, pre: Preprocessing) -> tuple[int, int]:
+def resize_crop_size(width: int, height: int, pre: Preprocessing) -> tuple[int, int]:
     """torchvision's size for Resize(int): the short side to pre.resize_size, the long one scaled and truncated."""
     size = pre.resize_size
     short, long = (width, height) if width <= height else (height, width)
@@ -121,7 +121,7 @@ def model_pixel(image: ImageLike, pre: Preprocessing) -> np.ndarray:
     if pre.geometry == "squash":
         target = (pre.image_size, pre.image_size)
     else:
-        target = _resize_crop_box(im.width, im.height, pre)
+        target = resize_crop_size(im.width, im.height, pre)
     if im.size != target:
         im = im.resize(target, Image.BILINEAR)
     a = np.asarray(im)

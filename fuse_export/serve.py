@@ -8,9 +8,9 @@ one encoded JPEG/PNG per item (`image_bytes`), decoded and preprocessed with the
 contract. Both answer logits, probabilities, confidence and the label.
 
 Why not PyTriton's own `Triton().bind()`: its proxy model hands every batch from the stub to the binding
-process and back (a ZeroMQ message, a shared-memory tensor store run by a manager process): 5-6 ms per
-request here with a model that does nothing, against 0.5 ms for a stub that runs the model itself (measured,
-benchmarks/RESULTS.md "Serving on Triton"). The wheel's traps are handled in fuse_export.serve_env.
+process and back (a ZeroMQ message, a shared-memory tensor store run by a manager process): an earlier session
+measured 5-6 ms per request with a model that does nothing, against 0.5 ms for a stub that runs the model
+itself (not yet recorded in benchmarks/RESULTS.md). The wheel's traps are handled in fuse_export.serve_env.
 """
 
 from __future__ import annotations

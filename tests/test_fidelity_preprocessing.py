@@ -240,7 +240,8 @@ def test_image_folder_sets_decode_every_kind_of_file_exactly_as_predict(tmp_path
     upright = np.asarray(_photo(40, 60, seed=2), np.float64)
     for tag in _STORED_AS:
         got = np.asarray(train.load(names.index(f"orientation{tag}.jpg")), np.float64)
-        assert got.shape == upright.shape and np.abs(got - upright).mean() < 4, tag
+        # JPEG's loss on this noisy photo is about 5 levels on average; a wrong flip or turn is tens.
+        assert got.shape == upright.shape and np.abs(got - upright).mean() < 10, tag
     checked = 0
     for mode in ("rgb", "gray"):
         for geometry in ("squash", "resize-crop"):

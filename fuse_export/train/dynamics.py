@@ -118,5 +118,5 @@ class TrainingDynamics:
                 raise ValueError("inconsistent shapes")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{path}: field 'training_dynamics' is malformed ({exc}); audit with "
-                                  "--score crossfit, or retrain with this fuse-export") from None
+                                  "--method crossfit, or retrain with this fuse-export") from None
         return out
