@@ -125,7 +125,7 @@ def train_one_epoch(net: Callable[[torch.Tensor], HeadOutputs], model: FusedFER,
             if margins is not None:
                 margins.add(idx, labels.original[idx], heads.dcnn_logits, heads.scn_logits)
             if relabel_now:
-                low = local_low_mask(global_alpha, 0.5, offset, n) if scn.relabel_scope == "low" else None
+                low = local_low_mask(global_alpha, scn.beta, offset, n) if scn.relabel_scope == "low" else None
                 new, changed = relabel(heads.scn_logits.float(), hard, heads.alpha.float(), scn.margin2,
                                        scn.beta, scn.relabel_scope, low)
                 decisions.append((idx, new, changed))
