@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from noisy_labels import Config, make_data  # noqa: E402
+from noisy_labels import Config, code_digest, make_data  # noqa: E402
 from report_blocks import publish  # noqa: E402
 
 from fuse_export.compare.report import machine_info  # noqa: E402
@@ -217,7 +217,8 @@ def main() -> None:
         k, _, v = item.partition("=")
         val = json.loads(v)
         cfg = replace(cfg, **{k: tuple(val) if isinstance(val, list) else val})
-    key = json.dumps([asdict(replace(cfg, rates=(), seeds=())), asdict(cfg.recipe(0).stacking)], sort_keys=True)
+    key = json.dumps([asdict(replace(cfg, rates=(), seeds=())), asdict(cfg.recipe(0).stacking), code_digest()],
+                     sort_keys=True)
     jsonl = args.out / f"{args.name}.jsonl"
     rows = load_rows(jsonl, key)
     cells = [(r, s) for r in cfg.rates for s in cfg.seeds]
