@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from fuse_export.cpuinfo import check_threads
 from fuse_export.inference import Predictions, Predictor
 from fuse_export.predict import select_for
 
@@ -29,5 +30,6 @@ def load(artifact_or_dir: str | os.PathLike, backend: str | None = None, device:
     `verify`: check the artifact against its manifest's sha256 first. `fast_startup`: load fast rather than
     optimize for throughput (for a process that predicts a few images and exits).
     """
+    check_threads(threads, "threads")  # before the artifact is selected and hashed
     sel = select_for(artifact_or_dir, backend, device, verify)
     return Predictor(sel, threads, fast_startup, device=device)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from fuse_export.contract import MAX_BATCH  # the exported graphs' batch axis range
 from fuse_export.errors import UserError
 
 app = typer.Typer(
@@ -101,9 +102,6 @@ def _int_list(text: str, option: str) -> list[int]:
     if max(values) > MAX_BATCH:
         raise UserError(f"{option} {text!r}: at most {MAX_BATCH} (the exported batch axis' range)")
     return values
-
-
-MAX_BATCH = 4096  # the exported graphs' batch axis range (fuse_export.export.to_onnx.MAX_BATCH)
 
 
 def _check_output_file(path: Path, option: str) -> None:
@@ -329,9 +327,11 @@ def bench(
     from fuse_export.compare.report import bench_csv, bench_json, bench_plot, bench_table, table_console
     from fuse_export.export.options import parse_device
     from fuse_export.fileio import atomic_open, write_json
+    from fuse_export.cpuinfo import check_threads
     from fuse_export.pipeline import bench as bench_api
 
     sizes = _int_list(batch_sizes, "--batch-sizes")
+    check_threads(threads)
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (plot, "--plot"), (save_results, "--save-results")):
         if path is not None:
             _check_output_file(path, option)
@@ -436,8 +436,10 @@ def serve(
     drain_timeout: Annotated[int, typer.Option(min=0, help="Seconds in-flight requests get after SIGTERM.")] = 30,
 ) -> None:
     """Serve an export inside a real Triton Inference Server (PyTriton): KServe v2 HTTP/gRPC, metrics."""
+    from fuse_export.cpuinfo import check_threads
     from fuse_export.serve import ServeOptions, serve_forever
 
+    check_threads(threads)
     opts = ServeOptions(backend=None if backend == "auto" else backend, host=host, http_port=http_port,
                         grpc_port=grpc_port, metrics_port=metrics_port, max_batch_size=max_batch_size,
                         max_queue_delay_us=max_queue_delay_us, dynamic_batching=dynamic_batching,
@@ -464,8 +466,10 @@ def predict(
     """Emotion, probability and SCN confidence per photo, or per face with --detect-faces."""
     import json
 
+    from fuse_export.cpuinfo import check_threads
     from fuse_export.predict import predict_photos, predictions_console, predictions_table
 
+    check_threads(threads)
     sel, results = predict_photos(model, images, backend, detect_faces, margin, threads, verify=verify,
                                   device=device)
     if json_out:

@@ -15,6 +15,14 @@ FER2013_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 BATCH_AXIS = "batch"
+# The batch axis' range of every exported graph (ONNX, PT2 and TensorRT profiles), and so the largest batch any
+# command may ask for: one source of truth for export, bench and triton-repo.
+MAX_BATCH = 4096
+# The model's input size, for the recipe's data.image_size and every file's preprocessing: ResNet-18 downsamples
+# by 32, so smaller inputs leave the features nothing; at 1024 it already needs ~20x the memory of 224, so larger
+# is a typo, or a hostile file (60000 made `predict` allocate 11.7 GB).
+MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -139,8 +147,13 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         # Artifacts written before color_mode/geometry existed were RGB with resize + center crop.
         legacy_mode = "gray" if str(d.get("channels", "RGB")).upper() in ("L", "GRAY") else "rgb"
+        size = int(d["image_size"])
+        # Bounded where files are read, before any image of that size is allocated (the constructor stays free
+        # for tests of tiny transforms).
+        if not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"preprocessing.image_size is {size}; it must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
         return cls(
-            image_size=int(d["image_size"]),
+            image_size=size,
             class_names=tuple(d["class_names"]),
             mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
             std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]

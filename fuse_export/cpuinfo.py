@@ -7,11 +7,18 @@ speed (OpenVINO even picks bf16 by default where they exist, which is why precis
 
 from __future__ import annotations
 
+import operator
 import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fuse_export.errors import UserError
+
+# Intra-op threads a runner may be given, per logical CPU: past a few per CPU more threads only contend, and
+# `predict --threads 100000` ran on for minutes with its memory climbing.
+THREADS_PER_CPU = 4
 
 # Feature name in our reports -> the Linux /proc/cpuinfo flag(s) that mean it (any of them).
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -80,6 +87,25 @@ def cpu_features(path: str | os.PathLike = "/proc/cpuinfo") -> CpuFeatures:
     except OSError:
         text = ""
     return parse_cpuinfo(text)
+
+
+def max_threads() -> int:
+    """The most intra-op threads a runner may be given here: THREADS_PER_CPU per logical CPU."""
+    return (os.cpu_count() or 1) * THREADS_PER_CPU
+
+
+def check_threads(threads: int | None, option: str = "--threads") -> int | None:
+    """`threads` when it is None (the runtime's default) or 1..max_threads(); a UserError naming `option` else."""
+    if threads is None:
+        return None
+    try:
+        count = -1 if isinstance(threads, bool) else operator.index(threads)  # ints, numpy ints; not 2.0 or True
+    except TypeError:
+        count = -1
+    if not 1 <= count <= max_threads():
+        raise UserError(f"{option} {threads!r}: must be 1..{max_threads()} ({THREADS_PER_CPU} per logical CPU; "
+                        f"this machine has {os.cpu_count() or 1})")
+    return count
 
 
 def bf16_status() -> tuple[bool, str]:

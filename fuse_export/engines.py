@@ -16,13 +16,14 @@ from fuse_export.compare.feed import make_runner
 from fuse_export.compare.parity import ParityResult, compare_outputs
 from fuse_export.compare.reference import REFERENCE_FILE, load_reference
 from fuse_export.contract import Preprocessing
-from fuse_export.errors import BackendUnavailable, ParityError, UserError
+from fuse_export.errors import BackendUnavailable, IntegrityError, ParityError, UserError
 from fuse_export.export.manifest import MANIFEST, artifact_entry, read_manifest, write_manifest
 from fuse_export.export.options import VerifyOptions, failed_name
 from fuse_export.export.trt_api import ENGINE_PRECISIONS
 from fuse_export.export.trt_engine import (BatchProfile, build_engine, engine_path_for, manifest_extras,
                                            sidecar_path)
 from fuse_export.progress import console
+from fuse_export.runners.cuda_base import check_device
 from fuse_export.runners.registry import BACKENDS, backend_for
 
 VERIFY_IMAGES = 16
@@ -63,6 +64,7 @@ def build_engine_file(onnx: str | os.PathLike, out: str | os.PathLike | None = N
     if workspace_gb <= 0:
         raise UserError(f"--workspace-gb {workspace_gb}: expected a positive size in GiB")
     require_tensorrt()
+    check_device(device)
     if device and device.startswith("cuda:"):  # the builder works on the current CUDA device
         import torch
 
@@ -113,7 +115,10 @@ def _verify(onnx: Path, engine: Path, sidecar: dict[str, Any], manifest: dict[st
     if manifest is not None:
         pre = Preprocessing.from_dict(manifest["preprocessing"])
     elif "preprocessing" in meta:
-        pre = Preprocessing.from_dict(meta["preprocessing"])
+        try:
+            pre = Preprocessing.from_dict(meta["preprocessing"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a bound (image_size) or malformed field
+            raise IntegrityError(f"{onnx}: its embedded preprocessing is malformed ({exc}); re-export it") from None
     else:
         raise UserError(f"{onnx}: no {MANIFEST} beside it and no fuse-export metadata inside it; build with "
                         "--no-verify to skip the parity check")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fuse_export.contract import Preprocessing
-from fuse_export.errors import BackendUnavailable, DataError, UserError
+from fuse_export.errors import BackendUnavailable, DataError, IntegrityError, UserError
 from fuse_export.export.formats import FORMATS
 from fuse_export.export.manifest import MANIFEST, read_manifest, verify_artifact
 from fuse_export.runners.registry import BACKENDS
@@ -175,8 +175,11 @@ def select(model: str | os.PathLike, backend: str | None = None, verify: bool = 
     key = backend or FORMATS[fmt].backend
     if BACKENDS[key].format != fmt:
         raise UserError(f"--backend {key} does not run {fmt} files")
-    return Selected(key, model, Path(), Preprocessing.from_dict(meta["preprocessing"]),
-                    meta.get("input_layout") == "uint8-nhwc")
+    try:
+        pre = Preprocessing.from_dict(meta["preprocessing"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a bound (image_size) or a malformed field
+        raise IntegrityError(f"{model}: its embedded preprocessing is malformed ({exc}); re-export it") from None
+    return Selected(key, model, Path(), pre, meta.get("input_layout") == "uint8-nhwc")
 
 
 def collect_images(paths: list[str | os.PathLike]) -> list[Path]:

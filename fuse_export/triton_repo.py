@@ -23,14 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuse_export.contract import BATCH_AXIS
+from fuse_export.contract import BATCH_AXIS, MAX_BATCH
 from fuse_export.errors import IntegrityError, UserError
 from fuse_export.export.manifest import artifact_path, external_data_files, read_manifest
 from fuse_export.fileio import folder_lock, is_inside, remove_stale_siblings, sha256_file, stage_dir, swap_dir
 
 LABELS_FILE = "labels.txt"
+CONFIG_FILE = "config.pbtxt"
+VERSION = "1"  # the one model version folder written
+# The first line of every config.pbtxt written here: the mark by which `--force` knows a repository is ours.
+CONFIG_MARK = "# Written by fuse-export triton-repo"
 DEFAULT_MAX_BATCH = 32
-MAX_BATCH = 4096  # the exported ONNX batch axis' upper bound (fuse_export.export.to_onnx.MAX_BATCH)
 MAX_INSTANCES = 64
 MAX_QUEUE_DELAY_US = 100  # how long the dynamic batcher may hold a request to fill a batch
 
@@ -127,7 +130,7 @@ def config_text(name: str, artifact: dict[str, Any], max_batch_size: int, instan
     ins, outs = tensor_names(artifact, p.indexed_names)
     sizes = ", ".join(str(s) for s in preferred_batch_sizes(max_batch_size))
     return (
-        f"# Written by fuse-export triton-repo from {artifact['file']} (sha256 {artifact['sha256'][:12]}, "
+        f"{CONFIG_MARK} from {artifact['file']} (sha256 {artifact['sha256'][:12]}, "
         f"{artifact.get('precision', 'fp32')}, {artifact['io']['layout']}).\n"
         f'name: "{name}"\n'
         f'{p.key}: "{p.platform}"\n'
@@ -160,9 +163,43 @@ def _servable(folder: Path, artifact: dict[str, Any]) -> str:
     return ""
 
 
+def _not_written_here(model_dir: Path) -> Path | None:
+    """None when `model_dir` is a model folder this module wrote (a real folder whose config.pbtxt starts with
+    CONFIG_MARK, holding nothing but that config, the labels and the version folder); else what is not."""
+    if model_dir.is_symlink() or not model_dir.is_dir():
+        return model_dir
+    config = model_dir / CONFIG_FILE
+    try:
+        with open(config, encoding="utf-8") as fh:
+            first = fh.readline(len(CONFIG_MARK) + 1)
+    except (OSError, UnicodeDecodeError):
+        return model_dir
+    if config.is_symlink() or not first.startswith(CONFIG_MARK):
+        return model_dir
+    return next((p for p in sorted(model_dir.iterdir()) if p.name not in (CONFIG_FILE, LABELS_FILE, VERSION)), None)
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether anything but empty folders lies anywhere under `folder` (stops at the first file or link)."""
+    for root, dirs, files in os.walk(folder):  # links to folders are listed in `dirs`, never followed
+        if files or any(os.path.islink(os.path.join(root, d)) for d in dirs):
+            return True
+    return False
+
+
+def _foreign_entry(out: Path) -> Path | None:
+    """The first entry of `out` that `--force` must not delete, or None when `out` is a repository written by
+    triton-repo (every entry a model folder it wrote, recognised by its config's CONFIG_MARK) or holds no file
+    at all. Recognition is positive (by what triton-repo writes, not by the absence of a manifest or a
+    checkpoint), so a data set, a training run or a user's own model is never taken for a repository."""
+    if not _holds_files(out):
+        return None
+    return next((p for p in map(_not_written_here, sorted(out.iterdir())) if p is not None), None)
+
+
 def _check_out(folder: Path, out: Path, manifest: dict[str, Any], force: bool) -> None:
     """Refuse an OUT that would lose data: a file, a non-empty folder without --force, or (even with --force) a
-    folder holding the export itself, its checkpoint, or anything that is not a model repository."""
+    folder holding the export itself, its checkpoint, or anything triton-repo did not write."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder; choose a folder path")
     if is_inside(out, folder):
@@ -176,10 +213,11 @@ def _check_out(folder: Path, out: Path, manifest: dict[str, Any], force: bool) -
         if source.exists() and is_inside(source, out):
             raise UserError(f"--out {out}: holds {source}, the source of this repository; --force would delete it. "
                             "Choose another --out")
-    foreign = [p for p in (*out.glob("*"), *out.glob("*/*")) if p.name == "manifest.json" or p.suffix == ".pt"]
-    if foreign:
-        raise UserError(f"--out {out}: holds {foreign[0]}, which a model repository does not (an export folder or "
-                        "a training run?); --force replaces only repositories. Choose another --out")
+    foreign = _foreign_entry(out)
+    if foreign is not None:
+        raise UserError(f"--out {out}: holds {foreign}, which a model repository does not (triton-repo did not write "
+                        "it); --force replaces only a repository written by triton-repo, so nothing was deleted. "
+                        "Choose another --out, or empty this one yourself")
 
 
 def build_triton_repo(artifacts_dir: str | os.PathLike, out: str | os.PathLike, max_batch_size: int = DEFAULT_MAX_BATCH,
@@ -215,12 +253,12 @@ def build_triton_repo(artifacts_dir: str | os.PathLike, out: str | os.PathLike, 
                 names[name] = artifact["file"]
                 p = PLATFORMS[artifact["format"]]
                 model_dir = tmp / name
-                (model_dir / "1").mkdir(parents=True)
-                _copy_model(folder, artifact, model_dir / "1" / p.model_file, verify)
+                (model_dir / VERSION).mkdir(parents=True)
+                _copy_model(folder, artifact, model_dir / VERSION / p.model_file, verify)
                 (model_dir / LABELS_FILE).write_text("\n".join(manifest["class_names"]) + "\n", encoding="utf-8")
-                (model_dir / "config.pbtxt").write_text(
+                (model_dir / CONFIG_FILE).write_text(
                     config_text(name, artifact, max_batch_size, instances, f"{folder}/manifest.json"), encoding="utf-8")
-                result.models.append(RepoModel(name, artifact["file"], p.platform, out / name / "config.pbtxt"))
+                result.models.append(RepoModel(name, artifact["file"], p.platform, out / name / CONFIG_FILE))
             if not result.models:
                 reasons = "; ".join(f"{f}: {why}" for f, why in result.skipped) or "the manifest lists no artifacts"
                 raise UserError(f"{folder}: nothing Triton can serve ({reasons})")

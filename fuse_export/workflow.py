@@ -33,6 +33,7 @@ from fuse_export.export.to_onnx import DEFAULT_OPSET, check_opset, export_onnx
 from fuse_export.export.to_torchscript import export_torchscript
 from fuse_export.model.fused import ExportView
 from fuse_export.progress import console
+from fuse_export.runners.cuda_base import check_device
 from fuse_export.runners.registry import Backend, backend_for
 from fuse_export.train.checkpoint import load_model
 
@@ -66,6 +67,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: list[Format], out_
     int8_scheme = opts.int8_scheme
     checkpoint = Path(checkpoint)
     final = Path(out_dir)
+    check_device(opts.device)  # cuda:7 without that GPU: refused here, not ignored by CPU formats
     loaded = load_model(checkpoint)
     pre = loaded.preprocessing
     given: dict[str, object] = {}

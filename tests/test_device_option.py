@@ -51,3 +51,22 @@ def test_cuda_device_without_cuda_is_one_line_exit_2(tiny_export: Path, face: Pa
 def test_malformed_device_is_refused(tiny_export: Path, face: Path) -> None:
     r = CliRunner().invoke(app, ["predict", str(tiny_export), str(face), "--device", "gpu0"])
     assert r.exit_code == 2 and "expected cpu, cuda or cuda:N" in r.output
+
+
+def test_export_and_bench_refuse_a_gpu_this_machine_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_device (run first by export and bench) on a machine with one GPU, simulated: cuda and cuda:0 pass,
+    cuda:1 is one line naming the devices there are. Without CUDA every cuda device is refused (see the
+    hostile-input cases `--device cuda:99`)."""
+    import torch
+
+    from fuse_export.runners import cuda_base
+
+    monkeypatch.setattr(cuda_base, "cuda_status", lambda: (True, ""))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for ok in (None, "cpu", "cuda", "cuda:0"):
+        cuda_base.check_device(ok)
+    with pytest.raises(fx.UserError, match=r"--device cuda:1: this machine has 1 CUDA device\(s\), cuda:0..cuda:0"):
+        cuda_base.check_device("cuda:1")
+    monkeypatch.setattr(cuda_base, "cuda_status", lambda: (False, "no CUDA device"))
+    with pytest.raises(fx.UserError, match="--device cuda: no CUDA device"):
+        cuda_base.check_device("cuda")

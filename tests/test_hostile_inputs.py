@@ -370,6 +370,90 @@ def broken_onnx(kind: str) -> Callable[[World, Path], list[str]]:
     return argv
 
 
+def record_files(folder: Path) -> Path:
+    """Every file under `folder` with its sha256, recorded beside it for `survives` to compare after the run."""
+    from fuse_export.fileio import sha256_file
+
+    record = folder.with_name(f"{folder.name}.files.json")
+    record.write_text(json.dumps({str(f.relative_to(folder)): sha256_file(f)
+                                  for f in sorted(folder.rglob("*")) if f.is_file()}))
+    return folder
+
+
+def survives(name: str) -> Callable[[World, Path], str | None]:
+    """The post-condition of a data-loss case: every file recorded under d/NAME is still there, byte for byte."""
+    def check(w: World, d: Path) -> str | None:
+        from fuse_export.fileio import sha256_file
+
+        folder = d / name
+        before = json.loads(folder.with_name(f"{name}.files.json").read_text())
+        lost = [f for f, sha in before.items() if not (folder / f).is_file() or sha256_file(folder / f) != sha]
+        return f"lost or changed under {name}/: {lost}" if lost else None
+    return check
+
+
+def data_set_folder(w: World, d: Path) -> Path:
+    """Issue 24's first reproduction: a data set folder (a FER-2013 CSV, a folder of photos)."""
+    (d / "d" / "photos").mkdir(parents=True)
+    shutil.copy(w.csv, d / "d" / "fer2013.csv")
+    face_png(d / "d" / "photos")
+    return record_files(d / "d")
+
+
+def deep_training_run(w: World, d: Path) -> Path:
+    """Issue 24's second reproduction: a training run three levels down (the old guard looked two deep)."""
+    (d / "p" / "runs" / "exp1" / "train").mkdir(parents=True)
+    shutil.copy(w.run / "last.pt", d / "p" / "runs" / "exp1" / "train" / "last.pt")
+    return record_files(d / "p")
+
+
+def repo_with_a_users_model(w: World, d: Path) -> Path:
+    """A repository triton-repo wrote, to which the user then added a model of their own."""
+    code, _, err, exc = run_cli(["triton-repo", w.export, "--out", d / "repo"])
+    assert code == 0 and exc is None, err
+    (d / "repo" / "my_model" / "1").mkdir(parents=True)
+    (d / "repo" / "my_model" / "config.pbtxt").write_text('name: "my_model"\nbackend: "python"\n')
+    (d / "repo" / "my_model" / "1" / "model.py").write_text("# mine\n")
+    return record_files(d / "repo")
+
+
+def web_app_folder(w: World, d: Path) -> Path:
+    """A folder whose manifest.json another tool wrote (a web app's)."""
+    (d / "site").mkdir()
+    (d / "site" / "manifest.json").write_text('{"name": "my app", "start_url": "/"}')
+    (d / "site" / "index.html").write_text("<html></html>\n")
+    return record_files(d / "site")
+
+
+def lone_onnx_with_image_size(w: World, d: Path, size: int) -> Path:
+    """model.onnx copied away from its folder, its embedded preprocessing.image_size edited."""
+    import onnx
+
+    model = onnx.load(str(w.export / "model.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "preprocessing":
+            pre = json.loads(prop.value)
+            pre["image_size"] = size
+            prop.value = json.dumps(pre)
+    onnx.save(model, str(d / "lone.onnx"))
+    return d / "lone.onnx"
+
+
+def set_image_size(size: int) -> Callable[[dict], None]:
+    def change(m: dict) -> None:
+        m["preprocessing"]["image_size"] = size
+    return change
+
+
+def with_flag(command: str, option: str, value: str) -> Callable[[World, Path], list[str]]:
+    """`export` (into d/o) or `bench` of the tiny model with one option set."""
+    def argv(w: World, d: Path) -> list[str]:
+        base = {"export": ["export", w.run / "best.pt", "--out", d / "o", "-f", "onnx"],
+                "bench": ["bench", w.export, "--batch-sizes", "1", "--no-progress"]}[command]
+        return [*base, option, value]
+    return argv
+
+
 def set_art(key: str, value) -> Callable[[dict], None]:
     def change(m: dict) -> None:
         m["artifacts"][0][key] = value
@@ -434,6 +518,22 @@ CASES: list[Case] = [
     Case(L, "export --out a non-empty folder that is not an export",
          lambda w, d: ((d / "mine.txt").write_text("keep"), ["export", w.run / "best.pt", "--out", d])[1], 2,
          "not an export folder", lambda w, d: None if (d / "mine.txt").read_text() == "keep" else "lost mine.txt"),
+    Case(L, "triton-repo --force into a data set folder (issue 24: deleted, exit 0)",
+         lambda w, d: ["triton-repo", w.export, "--out", data_set_folder(w, d), "--force"], 2,
+         "which a model repository does not", survives("d")),
+    Case(L, "triton-repo --force into a folder with a training run three levels down",
+         lambda w, d: ["triton-repo", w.export, "--out", deep_training_run(w, d), "--force"], 2,
+         "which a model repository does not", survives("p")),
+    Case(L, "triton-repo --force over a repository the user added a model to",
+         lambda w, d: ["triton-repo", w.export, "--out", repo_with_a_users_model(w, d), "--force"], 2,
+         "my_model", survives("repo")),
+    Case(L, "export --force into a folder whose manifest.json another tool wrote",
+         lambda w, d: ["export", w.run / "best.pt", "--out", web_app_folder(w, d), "--force", "-f", "onnx"], 2,
+         "not written by fuse-export", survives("site")),
+    Case(L, "export into a folder that holds only a .git folder",
+         lambda w, d: ((d / "r" / ".git").mkdir(parents=True), (d / "r" / ".git" / "HEAD").write_text("ref\n"),
+                       ["export", w.run / "best.pt", "--out", record_files(d / "r"), "-f", "onnx"])[-1], 2,
+         "not an export folder", survives("r")),
     # silent wrong output
     Case(W, "predict: manifest class list reversed (the artifact's own list wins)", reversed_classes, 0,
          '"class_names"', embedded_classes_win),
@@ -469,6 +569,35 @@ CASES: list[Case] = [
     Case(V, "triton-repo --max-batch-size 100000",
          lambda w, d: ["triton-repo", w.export, "--out", d / "r", "--max-batch-size", "100000"], 2,
          "--max-batch-size"),
+    *[Case(V, f"predict: manifest preprocessing.image_size = {size}", bad_manifest(set_image_size(size)), 1,
+           f"preprocessing.image_size is {size}; it must be in 32..1024") for size in (0, 16, 60000)],
+    Case(V, "predict: a lone model.onnx with embedded preprocessing.image_size = 60000",
+         lambda w, d: ["predict", lone_onnx_with_image_size(w, d, 60000), face_png(d)], 1,
+         "preprocessing.image_size is 60000; it must be in 32..1024"),
+    Case(V, "export --static-batch --batch 100000",
+         lambda w, d: ["export", w.run / "best.pt", "--out", d / "o", "-f", "onnx", "--static-batch", "--batch",
+                       "100000"], 2, "--batch 100000: must be 1..4096", nothing_at(lambda w, d: d / "o")),
+    Case(V, "recipe model.dcnn_hidden = [65536, 65536]",
+         lambda w, d: train_argv(w, d, recipe=recipe_with(d, "model", "dcnn_hidden = [65536, 65536]")), 2,
+         "model.dcnn_hidden", nothing_at(lambda w, d: d / "run" / "last.pt")),
+    Case(V, "recipe model.dcnn_hidden = [8192, 8192, 8192] (each width allowed, the head too big)",
+         lambda w, d: train_argv(w, d, recipe=recipe_with(d, "model", "dcnn_hidden = [8192, 8192, 8192]")), 2,
+         "model.dcnn_hidden"),
+    Case(V, "predict --threads 100000", lambda w, d: ["predict", w.export, face_png(d), "--threads", "100000"], 2,
+         "--threads 100000"),
+    Case(V, "bench --threads 100000",
+         lambda w, d: ["bench", w.export, "--threads", "100000", "--batch-sizes", "1", "--no-progress"], 2,
+         "--threads 100000"),
+    *[Case(V, f"{cmd} {opt} {value} (a check that cannot fail)", with_flag(cmd, opt, value), 2, f"{opt} ",
+           nothing_at(lambda w, d: d / "o"))
+      for cmd, opt, value in (("export", "--atol", "inf"), ("export", "--rtol", "1e308"), ("export", "--atol", "2"),
+                              ("bench", "--atol", "inf"), ("bench", "--rtol", "1e308"))],
+    Case(V, "export --device cuda:99 (a GPU this machine lacks)",
+         lambda w, d: ["export", w.run / "best.pt", "--out", d / "o", "-f", "onnx", "--device", "cuda:99"], 2,
+         "--device cuda:99", nothing_at(lambda w, d: d / "o")),
+    Case(V, "bench --device cuda:99 (a GPU this machine lacks)",
+         lambda w, d: ["bench", w.export, "--device", "cuda:99", "--batch-sizes", "1", "--no-progress"], 2,
+         "--device cuda:99"),
     Case(V, "train --resume on a copy of best.pt", lambda w, d: resume_from(w, d, True), 2, "not a resumable"),
     Case(V, "train --resume with another architecture",
          lambda w, d: resume_from(w, d, False, recipe_with(d, "model", "dcnn_hidden = [64]")), 2,
@@ -534,6 +663,20 @@ def test_hostile_input(case: Case, world: World, tmp_path: Path) -> None:
     if o.error is not None:
         raise o.error
     assert not o.problems, f"{o.problems}\nstdout: {o.out[-2000:]}\nstderr: {o.err[-2000:]}"
+
+
+def test_load_refuses_thread_counts_out_of_range(world: World) -> None:
+    """`load(threads=...)` is bounded as `predict --threads` is: 0 and 100000 are one-line UserErrors."""
+    import fuse_export as fx
+
+    limit = (os.cpu_count() or 1) * 4  # fuse_export.cpuinfo.THREADS_PER_CPU per logical CPU
+    for threads in (0, limit + 1, 100000):
+        with pytest.raises(fx.UserError, match=f"threads {threads}: must be 1..{limit} "):
+            fx.load(world.export, threads=threads)
+    from PIL import Image
+
+    with fx.load(world.export, threads=1) as model:
+        assert len(model.predict([Image.new("RGB", (48, 48), (128, 128, 128))])) == 1
 
 
 # ------------------------------------------------------------------------------- the RESULTS.md table

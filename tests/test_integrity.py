@@ -102,6 +102,29 @@ def test_force_never_deletes_the_checkpoint_it_exports(tmp_path):
     assert (out / "best.pt").read_bytes() == b"weights"
 
 
+def test_force_replaces_only_folders_with_a_fuse_export_manifest(tmp_path):
+    """export --force needs the folder's manifest.json to be one fuse-export wrote (its format field, or the
+    fields of the schema before that field existed); another tool's manifest.json is refused, nothing deleted."""
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "manifest.json").write_text('{"name": "my app", "start_url": "/"}')
+    (site / "index.html").write_text("<html></html>")
+    with pytest.raises(UserError, match="not written by fuse-export"), staged_export(site, a, force=True):
+        pass
+    assert (site / "index.html").read_text() == "<html></html>" and len(list(site.iterdir())) == 2
+    _add_artifact((str(tmp_path / "e"), str(a), "model.bin", 10))
+    manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert manifest["format"] == "fuse-export-manifest"
+    del manifest["format"]  # as versions before the field wrote it: still recognised
+    (tmp_path / "e" / "manifest.json").write_text(json.dumps(manifest))
+    with staged_export(tmp_path / "e", b, force=True) as stage:
+        write_manifest(stage, b, Preprocessing(image_size=32), [], lock=False)
+    assert read_manifest(tmp_path / "e")["source_checkpoint"]["sha256"] == sha256_file(b)
+
+
 def test_stale_temporaries_of_killed_runs_are_removed(tmp_path, export_copy):
     parent = export_copy.parent
     stale = [parent / ".export.stage-abc123", parent / ".export.old-xyz789", parent / ".repo.abcd1234",

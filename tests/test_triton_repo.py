@@ -108,6 +108,27 @@ def test_existing_output_needs_force_and_is_replaced_whole(export_copy, tmp_path
     assert r.exit_code == 2 and "no manifest" in r.output
 
 
+def test_force_replaces_a_repository_it_wrote_and_nothing_it_did_not(export_copy, tmp_path):
+    """--force replaces an earlier repository whole (recognised by the mark in every config.pbtxt it writes); a
+    file the user put into it, or a folder that merely lacks a manifest and a checkpoint, is refused, byte for byte
+    untouched."""
+    repo = tmp_path / "repo"
+    build_triton_repo(export_copy, repo, max_batch_size=8)
+    build_triton_repo(export_copy, repo, max_batch_size=16, force=True)
+    assert sorted(p.name for p in repo.iterdir()) == ["fer_onnx", "fer_torchscript"]
+    assert parse(repo / "fer_onnx" / "config.pbtxt").max_batch_size == 16
+    (repo / "fer_onnx" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="notes.txt, which a model repository does not"):
+        build_triton_repo(export_copy, repo, force=True)
+    assert (repo / "fer_onnx" / "notes.txt").read_text() == "mine"
+    shots = tmp_path / "shots"  # no manifest.json, no .pt: the old guard let --force delete it
+    (shots / "2024").mkdir(parents=True)
+    (shots / "2024" / "face.png").write_bytes(b"\x89PNG")
+    r = CliRunner().invoke(app, ["triton-repo", str(export_copy), "--out", str(shots), "--force"])
+    assert r.exit_code == 2 and "which a model repository does not" in r.output, r.output
+    assert (shots / "2024" / "face.png").read_bytes() == b"\x89PNG"
+
+
 def test_preferred_batch_sizes():
     assert preferred_batch_sizes(1) == [1]
     assert preferred_batch_sizes(32) == [4, 8, 16, 32]

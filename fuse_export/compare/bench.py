@@ -24,8 +24,9 @@ from fuse_export.compare.timing import LatencyStats, Schedule, interleaved_adapt
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import UserError
 from fuse_export.export.manifest import read_manifest
+from fuse_export.export.options import check_tolerances
 from fuse_export.runners.base import Runner
-from fuse_export.runners.cuda_base import CudaRunner
+from fuse_export.runners.cuda_base import CudaRunner, check_device
 from fuse_export.runners.registry import BACKENDS, REFERENCE, Backend, parse_backends
 
 
@@ -50,6 +51,9 @@ class BenchOptions:
     rtol: float | None = None
     device: str | None = None  # cpu | cuda | cuda:N: which device the CUDA backends run on (and which run)
     verify: bool = True  # check every artifact against its manifest sha256 before running it (--no-verify)
+
+    def __post_init__(self) -> None:
+        check_tolerances(self.atol, self.rtol)
 
     def schedule(self) -> Schedule:
         return Schedule(self.warmup, self.iterations, self.min_time_s, self.rounds)
@@ -155,6 +159,7 @@ def benchmark(folder: str | os.PathLike, options: BenchOptions | None = None, pr
 
     opts = options or BenchOptions()
     folder = Path(folder)
+    check_device(opts.device)  # cuda:7 without that GPU: refused, not benchmarked on the CPU instead
     manifest = read_manifest(folder, verify=opts.verify)
     pre = Preprocessing.from_dict(manifest["preprocessing"])
     ckpt = Path(opts.checkpoint or manifest["source_checkpoint"]["path"])

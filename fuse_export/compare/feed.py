@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fuse_export.contract import Preprocessing
+from fuse_export.cpuinfo import check_threads
 from fuse_export.errors import UserError
 from fuse_export.runners.base import Runner
 from fuse_export.runners.cuda_base import CudaRunner
@@ -76,6 +77,7 @@ def batch_of(inputs: np.ndarray, size: int) -> np.ndarray:
 def make_runner(backend: Backend, artifact: Path | None, checkpoint: Path, pre: Preprocessing, threads: int | None,
                 embed: bool, device: str | None = None) -> Runner:
     """The backend's runner, on `device` ("cuda:N") when it is a CUDA runner (CPU runners ignore it)."""
+    threads = check_threads(threads, "threads")  # every runner of every command and of load() comes through here
     runner = backend.factory(artifact, checkpoint, pre, threads, embed)
     if device and device.startswith("cuda") and isinstance(runner, CudaRunner):
         runner.device_name = device  # read when the runner activates

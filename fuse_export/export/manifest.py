@@ -27,6 +27,8 @@ from fuse_export.fileio import (folder_lock, is_inside, remove_stale_siblings, s
                                 write_json)
 
 MANIFEST = "manifest.json"
+# Written into every manifest: the mark by which `export --force` knows a folder is an export it may replace.
+MANIFEST_FORMAT = "fuse-export-manifest"
 SCHEMA_VERSION = 1
 NO_VERIFY = "--no-verify"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -83,6 +85,7 @@ def write_manifest(out_dir: Path, checkpoint: Path, pre: Preprocessing, artifact
         for a in artifacts:
             merged[a["file"]] = a
         manifest = {
+            "format": MANIFEST_FORMAT,
             "schema_version": SCHEMA_VERSION,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "source_checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
@@ -283,6 +286,20 @@ def staged_export(out: str | os.PathLike, checkpoint: str | os.PathLike, force: 
             shutil.rmtree(stage, ignore_errors=True)
 
 
+def is_export_manifest(manifest: Any) -> bool:
+    """Whether parsed manifest.json text was written by fuse-export: by its format field, or (written before that
+    field existed) by schema version 1 with an artifact list and a checkpoint sha256. Positive recognition:
+    another tool's manifest.json (a web app's, a data set's) is never taken for an export."""
+    if not isinstance(manifest, dict):
+        return False
+    if "format" in manifest:
+        return manifest["format"] == MANIFEST_FORMAT
+    source = manifest.get("source_checkpoint")
+    return (manifest.get("schema_version") == SCHEMA_VERSION and isinstance(manifest.get("artifacts"), list)
+            and isinstance(source, dict) and isinstance(source.get("sha256"), str)
+            and _SHA256.fullmatch(source["sha256"]) is not None)
+
+
 def _existing_folder(out: Path, checkpoint: Path, force: bool, protect: tuple[Path, ...]) -> bool:
     """Whether `out`'s current contents are kept (same checkpoint); raises when it must not be replaced."""
     if not out.is_dir() or not any(out.iterdir()):
@@ -296,18 +313,28 @@ def _existing_folder(out: Path, checkpoint: Path, force: bool, protect: tuple[Pa
                         "or choose another --out")
     manifest = out / MANIFEST
     if not manifest.is_file():
-        if all(p.name.startswith(".") or p.name.endswith(".tmp") for p in out.iterdir()):
-            return False  # only leftovers of killed runs
+        # Only temporaries of killed writes (fileio.atomic_path's .NAME.XXXX.tmp files): nothing to lose. Any other
+        # hidden entry (a .git folder) is someone's data.
+        if all(p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file() and not p.is_symlink()
+               for p in out.iterdir()):
+            return False
         raise UserError(f"--out {out}: exists, is not empty and holds no {MANIFEST} (not an export folder); "
                         "choose a new or empty folder")
     try:
-        source = json.loads(manifest.read_text(encoding="utf-8"))["source_checkpoint"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        source = None
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        data = None
+    if not is_export_manifest(data):  # --force replaces only what export wrote
+        raise UserError(f"--out {out}: its {MANIFEST} was not written by fuse-export (or is unreadable), so it is "
+                        "not an export folder and --force would not replace it; nothing was deleted. Choose "
+                        "another --out")
+    recorded = data.get("source_checkpoint")
+    source = recorded.get("sha256") if isinstance(recorded, dict) else None
     if source == sha256_file(checkpoint):
         return not force
     if force:
         return False
-    what = "an unreadable manifest" if source is None else f"artifacts of another checkpoint (sha256 {source[:12]})"
+    what = f"artifacts of another checkpoint (sha256 {source[:12]})" if isinstance(source, str) else \
+        "a manifest without its checkpoint's sha256"
     raise UserError(f"--out {out}: holds {what}; a folder holds the artifacts of one checkpoint: choose another "
                     "--out, or pass --force to replace the whole folder")

@@ -6,9 +6,13 @@ arguments. Plain data, no heavy imports.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from fuse_export.contract import MAX_BATCH
+from fuse_export.errors import UserError
 
 DEFAULT_OPSET = 18  # the same as export/to_onnx.DEFAULT_OPSET (kept here so this module stays torch-free)
 DEFAULT_VERIFY_SAMPLES = 64
@@ -35,6 +39,10 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", tuple(self.precisions))
+        # Checked before anything is loaded: --static-batch --batch 100000 was killed for memory after a minute.
+        # A dynamic export uses `batch` too (its example input), so the bound holds either way.
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise UserError(f"--batch {self.batch}: must be 1..{MAX_BATCH} (the exported batch axis' range)")
 
 
 @dataclass(frozen=True)
@@ -56,9 +64,27 @@ class VerifyOptions:
     samples: int = DEFAULT_VERIFY_SAMPLES
     reference: bool = True  # write reference.npz (inputs + eager outputs) beside manifest.json
 
+    def __post_init__(self) -> None:
+        check_tolerances(self.atol, self.rtol)
+
     def overrides(self) -> dict[str, Any]:
         """The tolerance overrides the user gave (recorded in the manifest)."""
         return {k: v for k, v in (("atol", self.atol), ("rtol", self.rtol)) if v is not None}
+
+
+def check_tolerances(atol: float | None, rtol: float | None) -> None:
+    """Refuse a parity bound that cannot fail: probabilities and confidence lie in [0, 1], so an --atol or --rtol
+    above 1 (or inf, or nan) passes anything, and "PASSED" over it would be a lie."""
+    for option, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and 0 <= number <= 1):
+            raise UserError(f"{option} {value}: must be a finite number in 0..1 (probabilities and confidence lie "
+                            "in [0, 1]: a larger bound passes anything)")
 
 
 def failed_name(name: str) -> str:
@@ -69,8 +95,6 @@ def failed_name(name: str) -> str:
 
 def parse_device(text: str | None, option: str = "--device") -> str | None:
     """'cpu', 'cuda' or 'cuda:N' (None stays None); anything else is a UserError."""
-    from fuse_export.errors import UserError
-
     if text is None or text == "":
         return None
     t = text.strip().lower()

@@ -11,13 +11,12 @@ from typing import Any
 
 import torch
 
-from fuse_export.contract import BATCH_AXIS, IOContract
+from fuse_export.contract import BATCH_AXIS, MAX_BATCH, IOContract
 from fuse_export.errors import ExportError, UserError
 from fuse_export.fileio import atomic_path
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # torch's exporter implements 18 and up; its down-conversion fails on this model and keeps 18
-MAX_BATCH = 4096
 
 
 def check_opset(opset: int) -> None:

@@ -22,11 +22,10 @@ from typing import Any
 
 import torch
 
-from fuse_export.contract import BATCH_AXIS, IOContract
+from fuse_export.contract import BATCH_AXIS, MAX_BATCH, IOContract
 from fuse_export.errors import BackendUnavailable, ExportError, UserError
 
 METADATA_KEY = "fuse_export"  # package metadata key holding the artifact metadata as JSON
-MAX_BATCH = 4096
 
 # Freezing turns the weights into constants, which lets Inductor fold the batch norms and pre-pack the
 # convolution weights for oneDNN (it applies only under no_grad). On 2 CPU cores it compiled faster and ran

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fuse_export.contract import MAX_BATCH
 from fuse_export.errors import BackendUnavailable, ExportError, UserError
 from fuse_export.export.onnx_inspect import OnnxInfo, inspect_onnx
 from fuse_export.export.trt_api import LayerInfo, TrtApi, fp32_layers, import_tensorrt
@@ -26,7 +27,7 @@ from fuse_export.fileio import atomic_open, sha256_file, write_json
 
 SIDECAR_SCHEMA = "fuse-export-trt-engine/1"
 DEFAULT_OPT, DEFAULT_MAX = 32, 256  # default profile for a dynamic-batch ONNX: 1:32:256
-MAX_PROFILE_BATCH = 4096  # the ONNX export's dynamic batch range (to_onnx.MAX_BATCH)
+MAX_PROFILE_BATCH = MAX_BATCH  # the exported graphs' dynamic batch range
 
 
 class EngineMismatch(UserError):

@@ -49,6 +49,24 @@ def require_cuda() -> None:
         raise BackendUnavailable(why)
 
 
+def check_device(device: str | None, option: str = "--device") -> None:
+    """Refuse a CUDA device this machine lacks ("cuda" without CUDA, "cuda:7" with fewer GPUs), before any work:
+    otherwise a command would run on the CPU instead, or fail deep inside a runner. `device` is parsed already
+    (fuse_export.export.options.parse_device); None and "cpu" pass."""
+    if not device or not device.startswith("cuda"):
+        return
+    ok, why = cuda_status()
+    if not ok:
+        raise BackendUnavailable(f"{option} {device}: {why}; leave {option} out to run on the CPU")
+    import torch
+
+    count = torch.cuda.device_count()
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise BackendUnavailable(f"{option} {device}: this machine has {count} CUDA device(s), "
+                                 f"cuda:0..cuda:{count - 1}; choose one of them")
+
+
 def torch_dtype(name: str):
     """Contract/ONNX dtype names -> torch dtypes."""
     import torch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import sys
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from fuse_export.contract import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from fuse_export.errors import RecipeError
 
 if sys.version_info >= (3, 11):
@@ -175,7 +177,14 @@ def _section(file: str, name: str, cls: type, table: Any) -> Any:
     return cls(**values)
 
 
-MAX_IMAGE_SIZE = 1024  # a 224-input ResNet-18 at 1024 already needs ~20x the memory; larger is a typo
+# The DCNN head's hidden widths. Akhand et al.'s head is 256 wide on the backbone's 512-d feature; 8192 (16x the
+# feature) is past anything that trains better, and the whole head stays under 2**27 weights (0.5 GB in fp32,
+# ~2 GB with gradients and Adam's two moments: the backbone itself has 11M). Without it [65536, 65536] passed
+# validation and training was killed at ~22 GB with no message (4.3e9 weights).
+MAX_HIDDEN_WIDTH = 8192
+MAX_HIDDEN_LAYERS = 16
+MAX_HEAD_WEIGHTS = 2**27
+HEAD_INPUT = 512  # the backbone's feature width (fuse_export.model.backbone.FEATURE_DIM; this module is torch-free)
 MIN_LIMIT = 10  # with <= 9 samples over 8-9 classes, every class can be a singleton: an empty held-out set
 SEED_MAX = 2**32 - 1  # numpy's generators take 0..2**32-1
 
@@ -190,16 +199,29 @@ def _finite_numbers(file: str, r: Recipe) -> None:
                 raise RecipeError(f"{file}: {section}.{f.name} is {value}; it must be a finite number")
 
 
+def head_weights(hidden: tuple[int, ...]) -> int:
+    """Weights of the DCNN head's hidden layers (the last, to the few classes, is negligible)."""
+    widths = (HEAD_INPUT, *(max(h, 0) for h in hidden))
+    return sum(a * b for a, b in itertools.pairwise(widths))
+
+
 def _validate(file: str, r: Recipe) -> None:
     _finite_numbers(file, r)
     exp_or_step = r.train.scheduler in ("exponential", "step")
     checks = [
-        (32 <= r.data.image_size <= MAX_IMAGE_SIZE, f"data.image_size must be in 32..{MAX_IMAGE_SIZE}"),
+        (MIN_IMAGE_SIZE <= r.data.image_size <= MAX_IMAGE_SIZE,
+         f"data.image_size must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"),
         (r.data.limit == 0 or r.data.limit >= MIN_LIMIT,
          f"data.limit must be 0 (all samples) or at least {MIN_LIMIT} (fewer leave the stacker nothing to fit on)"),
         (0.0 <= r.model.dcnn_dropout < 1.0 and 0.0 <= r.model.scn_dropout < 1.0,
          "model.dcnn_dropout and model.scn_dropout must be in [0, 1)"),
-        (all(h <= 65536 for h in r.model.dcnn_hidden), "model.dcnn_hidden sizes must be at most 65536"),
+        (all(h <= MAX_HIDDEN_WIDTH for h in r.model.dcnn_hidden),
+         f"model.dcnn_hidden sizes must be at most {MAX_HIDDEN_WIDTH} (the default head is [256])"),
+        (len(r.model.dcnn_hidden) <= MAX_HIDDEN_LAYERS,
+         f"model.dcnn_hidden lists at most {MAX_HIDDEN_LAYERS} layers (the default head is [256])"),
+        (head_weights(r.model.dcnn_hidden) <= MAX_HEAD_WEIGHTS,
+         (f"model.dcnn_hidden makes a head of {head_weights(r.model.dcnn_hidden):,} weights; at most "
+          f"{MAX_HEAD_WEIGHTS:,} (~2 GB to train; the default head [256] has 131,072)")),
         (0.0 <= r.scn.rank_weight <= 100.0, "scn.rank_weight must be in [0, 100]"),
         (r.scn.margin1 <= 1.0 and r.scn.margin2 <= 1.0,
          "scn.margin1 and scn.margin2 must be at most 1 (they compare weights and probabilities in [0, 1])"),
