@@ -148,7 +148,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         # with the better mean; both are reported, the stricter (per-seed) one decides.
         entry["mean_vs_per_seed_better"] = statistics.fmean(fused) - statistics.fmean(better)
         entry["mean_vs_better_mean_head"] = statistics.fmean(fused) - better_mean_head
-        entry["accepted"] = entry["every_seed_within_0.5"] and entry["mean_vs_per_seed_better"] >= 0
+        # Rounded to the table's precision: a difference of 1e-14 is float noise, not a shortfall.
+        entry["accepted_better_mean_head"] = entry["every_seed_within_0.5"] and round(
+            entry["mean_vs_better_mean_head"], 6) >= 0
+        entry["accepted"] = entry["every_seed_within_0.5"] and round(entry["mean_vs_per_seed_better"], 6) >= 0
         out[f"{rate:.1f}"] = entry
     return out
 
@@ -169,7 +172,8 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{t['first-release']:.1f} | **{t['default']:.1f}** | {winner} | {t['default'] - better:+.1f} |")
     lines += ["", "| noise | DCNN | SCN | average | first release | " +
               " | ".join(a for a in doc["arms"] if a.startswith("fitted@")) +
-              " | default | every seed >= better head - 0.5 | mean - per-seed better head | accepted |",
+              " | default | every seed >= better head - 0.5 | mean - better head's mean | "
+              "mean - mean of per-seed better head |",
               "|---|---|---|---|---|" + "---|" * len([a for a in doc["arms"] if a.startswith("fitted@")]) +
               "---|---|---|---|"]
     for rate, e in doc["summary"].items():
@@ -177,8 +181,13 @@ def markdown(doc: dict[str, Any]) -> str:
         fits = " | ".join(f"{t[a]:.1f}" for a in doc["arms"] if a.startswith("fitted@"))
         lines.append(f"| {float(rate):.0%} | {t['dcnn']:.1f} | {t['scn']:.1f} | {t['average']:.1f} | "
                      f"{t['first-release']:.1f} | {fits} | **{t['default']:.1f}** | "
-                     f"{'yes' if e['every_seed_within_0.5'] else 'NO'} | {e['mean_vs_per_seed_better']:+.2f} | "
-                     f"{'yes' if e['accepted'] else 'NO'} |")
+                     f"{'yes' if e['every_seed_within_0.5'] else 'NO'} | {e['mean_vs_better_mean_head']:+.2f} "
+                     f"({'met' if e['accepted_better_mean_head'] else 'missed'}) | {e['mean_vs_per_seed_better']:+.2f} "
+                     f"({'met' if e['accepted'] else 'missed'}) |")
+    lines += ["", "*better head's mean*: the head with the higher mean over seeds; *per-seed better head*: the better "
+              "head of each seed on test (a head no rule can know without the test split). The fits and the first "
+              "release's stacker beat both heads on test at 30% noise, but not on the held-out split the choice "
+              "is made on (out-of-fold accuracy in each run's `stacking` record): the choice cannot see that gain."]
     done = sum(len(e["seeds"]) for e in doc["summary"].values())
     lines += ["", f"Cells finished: {done} of {doc['cells']}. Results: `benchmarks/results/{doc['name']}.json` "
               f"(generated from `{doc['name']}.jsonl`)."]
@@ -191,7 +200,9 @@ def report(cfg: Config, rows: list[dict[str, Any]], args: argparse.Namespace, ce
            "arms": list(rows[0]["scores"]) if rows else [], "cells": cells,
            "command": " ".join(["python benchmarks/compare_stacker.py", *sys.argv[1:]]),
            "date": datetime.date.today().isoformat(), "machine": machine_info(),
-           "load": " ".join(f"{v:.2f}" for v in os.getloadavg())}
+           # The 1-minute load average before and after each cell (the study itself holds it near 2 on 2 cores).
+           "load": (f"{min(r['load_before'] for r in rows):.2f}-{max(r['load_after'] for r in rows):.2f} around the "
+                    "cells") if rows else "n/a"}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.name}.json", doc)
     if rows:
@@ -220,6 +231,9 @@ def main() -> None:
     key = json.dumps([asdict(replace(cfg, rates=(), seeds=())), asdict(cfg.recipe(0).stacking), code_digest()],
                      sort_keys=True)
     jsonl = args.out / f"{args.name}.jsonl"
+    if args.report and jsonl.exists():  # re-render what was measured, under the key it was measured with
+        keys = [json.loads(line).get("key") for line in jsonl.read_text().splitlines() if line.strip()]
+        key = keys[-1] if keys else key
     rows = load_rows(jsonl, key)
     cells = [(r, s) for r in cfg.rates for s in cfg.seeds]
     if not args.report:
