@@ -198,7 +198,8 @@ def report(cfg: Config, rows: list[dict[str, Any]], args: argparse.Namespace, ce
     doc = {"name": args.name, "config": asdict(cfg), "stacking_recipe": asdict(cfg.recipe(0).stacking),
            "runs": sorted(rows, key=lambda r: (r["rate"], r["seed"])), "summary": summarize(rows) if rows else {},
            "arms": list(rows[0]["scores"]) if rows else [], "cells": cells,
-           "command": " ".join(["python benchmarks/compare_stacker.py", *sys.argv[1:]]),
+           # The command that measured the cells (a --report run only re-renders them).
+           "command": " ".join(["python benchmarks/compare_stacker.py", *(a for a in sys.argv[1:] if a != "--report")]),
            "date": datetime.date.today().isoformat(), "machine": machine_info(),
            # The 1-minute load average before and after each cell (the study itself holds it near 2 on 2 cores).
            "load": (f"{min(r['load_before'] for r in rows):.2f}-{max(r['load_after'] for r in rows):.2f} around the "
