@@ -36,15 +36,17 @@ _LAZY: dict[str, str] = {
     "UserError": "fuse_export.errors",
     "IntegrityError": "fuse_export.errors",
     "ParityError": "fuse_export.errors",
+    "UnverifiedArtifactWarning": "fuse_export.errors",
 }
 __all__ = ["BenchOptions", "BenchResult", "ExportOptions", "IntegrityError", "Manifest", "ParityError", "ParityResult",
-           "Predictions", "Predictor", "UserError", "VerifyOptions", "__version__", "bench", "export", "load", "train"]
+           "Predictions", "Predictor", "UnverifiedArtifactWarning", "UserError", "VerifyOptions", "__version__",
+           "bench", "export", "load", "train"]
 
 if TYPE_CHECKING:
     from fuse_export.api import Predictions, Predictor, load
     from fuse_export.compare.bench import BenchOptions, BenchResult
     from fuse_export.compare.parity import ParityResult
-    from fuse_export.errors import IntegrityError, ParityError, UserError
+    from fuse_export.errors import IntegrityError, ParityError, UnverifiedArtifactWarning, UserError
     from fuse_export.export.options import ExportOptions, VerifyOptions
     from fuse_export.pipeline import Manifest, bench, export, train
 

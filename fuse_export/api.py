@@ -13,8 +13,10 @@ and every batch of outputs is checked against the output contract.
 from __future__ import annotations
 
 import os
+import warnings
 
 from fuse_export.cpuinfo import check_threads
+from fuse_export.errors import UnverifiedArtifactWarning
 from fuse_export.inference import Predictions, Predictor
 from fuse_export.predict import select_for
 
@@ -27,9 +29,12 @@ def load(artifact_or_dir: str | os.PathLike, backend: str | None = None, device:
 
     `backend`: a key of the backend table (`fuse-export doctor` lists them); default the fastest available.
     `device`: "cpu", "cuda" or "cuda:N" (without a backend: the fastest artifact there). `threads`: intra-op threads of the runtime.
-    `verify`: check the artifact against its manifest's sha256 first. `fast_startup`: load fast rather than
-    optimize for throughput (for a process that predicts a few images and exits).
+    `verify`: check the artifact against its manifest's sha256 first (a file its folder's manifest does not list is
+    refused; a lone file with no manifest runs with an UnverifiedArtifactWarning). `fast_startup`: load fast rather
+    than optimize for throughput (for a process that predicts a few images and exits).
     """
     check_threads(threads, "threads")  # before the artifact is selected and hashed
     sel = select_for(artifact_or_dir, backend, device, verify)
+    if sel.warning:
+        warnings.warn(sel.warning, UnverifiedArtifactWarning, stacklevel=2)
     return Predictor(sel, threads, fast_startup, device=device)

@@ -472,6 +472,8 @@ def predict(
     check_threads(threads)
     sel, results = predict_photos(model, images, backend, detect_faces, margin, threads, verify=verify,
                                   device=device)
+    if sel.warning:  # a lone artifact, or an unlisted one under --no-verify: ran, but nothing checked its bytes
+        typer.echo(f"warning: {sel.warning}", err=True)
     if json_out:
         doc = {"model": str(sel.path or sel.checkpoint), "backend": sel.backend,
                "class_names": list(sel.pre.class_names), "results": [r.to_dict() for r in results]}

@@ -49,6 +49,11 @@ class IntegrityError(UserError):
     exit_code = 1
 
 
+class UnverifiedArtifactWarning(UserWarning):
+    """An artifact runs although nothing checked its bytes: a lone file with no manifest beside it (or one its
+    folder's manifest does not list, run with verify=False). `fuse_export.load` warns with it; the CLI prints a line."""
+
+
 class ParityError(IntegrityError, ExportError):
     """An artifact's outputs differ from the eager reference beyond the tolerance. Exit code 1, as every
     artifact that fails verification (an ExportError too, so `except ExportError` still sees export failures)."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fuse_export.contract import Preprocessing, check_outputs
-from fuse_export.errors import BackendUnavailable, IntegrityError
+from fuse_export.errors import BackendUnavailable, IntegrityError, UserError
 from fuse_export.preprocess import ImageLike, model_pixels, normalize
 from fuse_export.runners.base import Runner
 from fuse_export.runners.registry import BACKENDS
@@ -57,6 +57,7 @@ class Predictor:
                                           selected.embed, device)
         self.runner.fast_startup = fast_startup
         self.runner.activate()
+        self.closed = False
         # A static-batch export takes exactly its batch: feed such files one image at a time.
         self.batch = 1 if selected.static_batch else BATCH
 
@@ -74,6 +75,7 @@ class Predictor:
 
     def predict(self, images: ImageLike | Sequence[ImageLike]) -> Predictions:
         """Images (paths, encoded bytes or PIL images; one or a list) -> predictions, in order."""
+        self._check_open()  # before any image is decoded
         return self.predict_pixels(model_pixels(images, self.preprocessing))
 
     def predict_pixels(self, pixels: np.ndarray) -> Predictions:
@@ -88,6 +90,7 @@ class Predictor:
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The model's input (contract layout) -> its outputs, in batches; each batch checked against the
         output contract (an artifact giving outputs the contract rules out raises IntegrityError)."""
+        self._check_open()
         name = self.runner.contract.input_names[0]
         parts = []
         for i in range(0, len(x), self.batch):
@@ -103,7 +106,14 @@ class Predictor:
                     "confidence": np.zeros((0, 1), np.float32)}
         return {k: np.concatenate([p[k] for p in parts]) for k in self.runner.contract.output_names}
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise UserError(f"{self!r} was closed (close(), or the end of its `with` block) and runs nothing more; "
+                            "load the model again with fuse_export.load()")
+
     def close(self) -> None:
+        """Release the runtime's session and memory; the predictor refuses to predict afterwards."""
+        self.closed = True
         self.runner.deactivate()
 
     def __enter__(self) -> Predictor:

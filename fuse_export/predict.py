@@ -17,7 +17,7 @@ from typing import Any
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import BackendUnavailable, DataError, IntegrityError, UserError
 from fuse_export.export.formats import FORMATS
-from fuse_export.export.manifest import MANIFEST, read_manifest, verify_artifact
+from fuse_export.export.manifest import MANIFEST, NO_VERIFY, read_manifest, verify_artifact, verify_checkpoint
 from fuse_export.runners.registry import BACKENDS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -35,6 +35,7 @@ class Selected:
     pre: Preprocessing
     embed: bool
     static_batch: bool = False
+    warning: str = ""  # one line for the user when what runs is unverified (a lone file; --no-verify)
 
 
 @dataclass
@@ -113,36 +114,27 @@ def _pick(manifest: dict[str, Any], backend: str | None, file: str | None) -> di
     raise BackendUnavailable(f"no artifact can run here ({'; '.join(reasons) or 'the manifest lists none'})")
 
 
-def _embedded_classes(path: Path, fmt: str, pre: Preprocessing) -> Preprocessing:
-    """`pre` with the class list the artifact itself carries, when it can be read cheaply (ONNX metadata, the
-    TorchScript archive's extra file): the artifact's bytes are what was verified, manifest.json is a text file
-    anyone can edit, and a reordered list would silently swap labels."""
-    import dataclasses
-    import json
-    import zipfile
+def _checkpoint_preprocessing(ckpt: Path) -> Preprocessing:
+    """The preprocessing (class names included) the checkpoint itself carries: what the eager backends run with,
+    whatever manifest.json says."""
+    from fuse_export.errors import CheckpointError
+    from fuse_export.train.checkpoint import read_checkpoint  # torch: the eager backends need it anyway
 
-    names = None
     try:
-        if fmt == "onnx":
-            from fuse_export.export.metadata import read_onnx_metadata
-
-            names = read_onnx_metadata(path).get("class_names")
-        elif fmt in ("torchscript", "pt2") and zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                extra = [n for n in z.namelist() if n.endswith("/extra/fuse_export.json")]
-                names = json.loads(z.read(extra[0])).get("class_names") if extra else None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UserError):
-        return pre  # unreadable here: the runner's own load reports it
-    if isinstance(names, list) and names and all(isinstance(n, str) for n in names) and tuple(names) != pre.class_names:
-        return dataclasses.replace(pre, class_names=tuple(names))
-    return pre
+        return Preprocessing.from_dict(read_checkpoint(ckpt)["preprocessing"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{ckpt}: its field 'preprocessing' is missing or malformed ({exc}); "
+                              "re-train it") from None
 
 
 def select(model: str | os.PathLike, backend: str | None = None, verify: bool = True) -> Selected:
     """Resolve MODEL (+ --backend) to what runs: a manifest artifact, a bare artifact, or the eager checkpoint.
 
-    With `verify`, the artifact that will run is checked against the manifest (sha256, companions, paths) before
-    it is used; only that one, so a cold start does not hash every other file of the folder.
+    With `verify`, what will run is checked against the manifest (sha256, companions, paths) before it is used;
+    only that one, so a cold start does not hash every other file of the folder. A file in an export folder that
+    its manifest does not list is refused (nothing vouches for it); a lone file, with no manifest beside it, runs
+    from its embedded metadata with a warning (`Selected.warning`). Preprocessing and class names come from places
+    a hash covers (see fuse_export.export.embedded), never from manifest.json's text alone.
     """
     model = Path(model)
     if backend is not None and backend not in BACKENDS:
@@ -152,23 +144,34 @@ def select(model: str | os.PathLike, backend: str | None = None, verify: bool = 
     folder = model if model.is_dir() else model.parent
     manifest = read_manifest(folder, verify=False) if (folder / MANIFEST).is_file() else None
     if manifest is not None and not model.is_dir() and all(a.get("file") != model.name for a in manifest["artifacts"]):
-        manifest = None  # a file its folder's manifest does not list: trust only what the file itself says
+        _artifact_file_format(model)  # not an artifact at all (a .bin, the manifest itself): say that first
+        if verify:
+            raise IntegrityError(f"{model}: not listed in {folder / MANIFEST}, so nothing vouches for its bytes; run "
+                                 f"an artifact the export wrote, or pass {NO_VERIFY} to run this file unverified")
+        manifest = None  # --no-verify: trust only what the file itself says
     if manifest is not None:
-        pre = Preprocessing.from_dict(manifest["preprocessing"])
         ckpt = Path(manifest["source_checkpoint"]["path"])
         if backend is not None and BACKENDS[backend].format is None:  # eager backends run the checkpoint
             if not ckpt.is_file():
                 raise UserError(f"--backend {backend}: the source checkpoint {ckpt} is gone")
-            return Selected(backend, None, ckpt, pre, False)
+            if verify:
+                verify_checkpoint(manifest, folder / MANIFEST)
+            return Selected(backend, None, ckpt, _checkpoint_preprocessing(ckpt), False)
         art = _pick(manifest, backend, None if model.is_dir() else model.name)
         if verify:
             verify_artifact(folder, art, folder / MANIFEST)
-        pre = _embedded_classes(folder / art["file"], art.get("format", ""), pre)
+        from fuse_export.export.embedded import trusted_preprocessing
+
+        pre = trusted_preprocessing(folder, art, manifest, verify)
         return Selected(art["backend"], folder / art["file"], ckpt, pre, bool(art.get("embed_preprocessing")),
                         bool(art.get("static_batch")))
     if model.is_dir():
         raise UserError(f"{model}: no {MANIFEST}; point at a folder written by `fuse-export export` or an artifact")
     fmt = _artifact_file_format(model)
+    beside = (folder / MANIFEST).is_file()
+    warning = (f"{model}: not listed in {folder / MANIFEST}; running it unverified ({NO_VERIFY})" if beside else
+               f"{model}: unverified (no {MANIFEST} beside it to check its sha256); running it as its own "
+               "metadata describes it")
     meta = _embedded_metadata(model, fmt)
     if "preprocessing" not in meta:
         raise UserError(f"{model}: no {MANIFEST} beside it and no fuse-export metadata inside it")
@@ -179,7 +182,7 @@ def select(model: str | os.PathLike, backend: str | None = None, verify: bool = 
         pre = Preprocessing.from_dict(meta["preprocessing"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a bound (image_size) or a malformed field
         raise IntegrityError(f"{model}: its embedded preprocessing is malformed ({exc}); re-export it") from None
-    return Selected(key, model, Path(), pre, meta.get("input_layout") == "uint8-nhwc")
+    return Selected(key, model, Path(), pre, meta.get("input_layout") == "uint8-nhwc", warning=warning)
 
 
 def collect_images(paths: list[str | os.PathLike]) -> list[Path]:

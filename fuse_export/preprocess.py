@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Union
 
 import numpy as np
@@ -140,7 +140,15 @@ def model_pixels(images: ImageLike | Sequence[ImageLike], pre: Preprocessing) ->
                          "input size go to normalize() (or Predictor.predict_pixels)")
     if isinstance(images, (Image.Image, str, os.PathLike, *_BYTES)):
         images = [images]  # type: ignore[list-item]
-    out = [model_pixel(im, pre) for im in images]  # type: ignore[union-attr]
+    elif not isinstance(images, Iterable):
+        raise InputError(f"images: got {type(images).__name__}; pass a path, encoded bytes or a PIL image, or a "
+                         "list of them")
+    images = list(images)  # type: ignore[arg-type]
+    for i, im in enumerate(images):  # every item first: a bad one is named before any image is decoded
+        if not isinstance(im, (Image.Image, str, os.PathLike, *_BYTES)):
+            raise InputError(f"images[{i}]: got {type(im).__name__}; each image is a path, encoded bytes or a PIL "
+                             "image")
+    out = [model_pixel(im, pre) for im in images]
     if not out:
         return np.zeros((0, pre.image_size, pre.image_size, 3), np.uint8)
     return np.stack(out)

@@ -174,6 +174,25 @@ def test_predict_with_openvino_bf16(ov_export, tmp_path):
     assert doc["backend"] == "openvino-bf16" and doc["model"].endswith("model.xml")
 
 
+def test_predict_takes_the_class_names_from_the_ir_not_the_manifest(ov_export, tmp_path):
+    """Issue 24: with `class_names` reversed in a copy's manifest.json, `predict --backend openvino` printed every
+    label wrong; the IR's rt_info (inside the hashed .xml) is what counts."""
+    export = tmp_path / "export"
+    export.mkdir()
+    for name in ("manifest.json", "model.xml", "model.bin"):  # the one artifact predict verifies and runs
+        shutil.copy(ov_export / name, export / name)
+    m = _manifest(export)
+    names = m["class_names"]
+    m["class_names"] = m["preprocessing"]["class_names"] = names[::-1]
+    (export / "manifest.json").write_text(json.dumps(m))
+    r = CliRunner().invoke(app, ["predict", str(export), str(_face(tmp_path)), "--backend", "openvino", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["backend"] == "openvino" and doc["class_names"] == names
+    (pred,) = doc["results"][0]["predictions"]
+    assert list(pred["probabilities"]) == names and pred["emotion"] == max(names, key=pred["probabilities"].get)
+
+
 @pytest.mark.parametrize("damage", ["truncated-bin", "no-bin"])
 def test_bad_ir_gives_one_line_and_exit_2(ov_export, tmp_path, damage):
     lone = tmp_path / "lone"

@@ -73,3 +73,29 @@ def test_api_errors_are_user_errors(tmp_path: Path):
         fx.bench(tmp_path)
     with pytest.raises(TypeError):
         fx.bench(tmp_path, no_such_option=1)
+
+
+def test_predict_names_what_it_takes_and_a_closed_predictor_says_so(tiny_export: Path, tmp_path: Path):
+    """Issue 24: `predict(42)` said "'int' object is not iterable", and predict after close() "runner used before
+    activate()"; a lone artifact ran without a word."""
+    import shutil
+
+    import fuse_export as fx
+    from PIL import Image
+
+    face = Image.new("RGB", (48, 48), (128, 128, 128))
+    with fx.load(tiny_export) as model:
+        with pytest.raises(fx.UserError, match=r"^images: got int; pass a path, encoded bytes or a PIL image"):
+            model.predict(42)
+        with pytest.raises(fx.UserError, match=r"^images\[1\]: got NoneType; each image is a path"):
+            model.predict([face, None])
+        assert len(model.predict(face)) == 1  # still usable after refusing bad input
+    for call in (lambda: model.predict(face), lambda: model.predict_pixels(np.zeros((1, 40, 40, 3), np.uint8))):
+        with pytest.raises(fx.UserError, match=r"^Predictor\(onnxruntime: .*model\.onnx\) was closed"):
+            call()
+
+    shutil.copy(tiny_export / "model.onnx", tmp_path / "alone.onnx")  # no manifest beside it
+    with pytest.warns(fx.UnverifiedArtifactWarning, match="alone.onnx: unverified"):
+        lone = fx.load(tmp_path / "alone.onnx")
+    with lone:
+        assert len(lone.predict(face)) == 1

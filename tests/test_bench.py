@@ -14,7 +14,7 @@ from fuse_export.runners.registry import BACKENDS, parse_backends
 import numpy as np
 import pytest
 
-from fuse_export.errors import InputError, UserError
+from fuse_export.errors import InputError, IntegrityError, UserError
 
 
 def test_bench_cli_json_has_three_backends_with_parity_and_accuracy(tiny_export, tiny_csv, tmp_path):
@@ -49,10 +49,12 @@ def test_bench_cli_json_has_three_backends_with_parity_and_accuracy(tiny_export,
     assert len(accs) == 1  # identical predictions -> identical accuracy on every backend
 
 
-def test_bench_skips_missing_artifacts_with_reason(export_copy):
+def test_bench_refuses_missing_artifacts_and_skips_them_with_reason_unverified(export_copy):
     (export_copy / "model.onnx").unlink()
+    with pytest.raises(IntegrityError, match="model.onnx: listed in .* but missing; .*--no-verify"):
+        run_bench(export_copy, parse_backends("pytorch,onnxruntime"), [1], warmup=0, iterations=1, progress=False)
     report = run_bench(export_copy, parse_backends("pytorch,torchscript,onnxruntime"), [1], warmup=0, iterations=1,
-                       progress=False)
+                       progress=False, verify=False)
     skipped = [r for r in report.rows if r.status == "skipped"]
     assert [r.backend for r in skipped] == ["onnxruntime"]
     assert "listed in manifest.json but missing" in skipped[0].reason

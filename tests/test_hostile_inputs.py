@@ -254,21 +254,58 @@ def edited_torchscript(w: World, d: Path) -> list[str]:
     return ["predict", str(e), str(face_png(d)), "--backend", "torchscript"]
 
 
-def reversed_classes(w: World, d: Path) -> list[str]:
+def reversed_classes(*backend: str) -> Callable[[World, Path], list[str]]:
+    """predict (with `--backend BACKEND`) on a copy of the export whose manifest lists the classes reversed."""
+    def argv(w: World, d: Path) -> list[str]:
+        e = copy_export(w, d)
+
+        def change(m: dict) -> None:
+            m["class_names"] = m["class_names"][::-1]
+            m["preprocessing"]["class_names"] = m["preprocessing"]["class_names"][::-1]
+        edit_manifest(e, change)
+        return ["predict", str(e), str(face_png(d)), "--json", *(["--backend", *backend] if backend else [])]
+    return argv
+
+
+def embedded_classes_win(*backend: str) -> Callable[[World, Path], str | None]:
+    """predict's JSON names the export's real classes (the artifact's or the checkpoint's), not the manifest's."""
+    def check(w: World, d: Path) -> str | None:
+        m = json.loads((w.export / "manifest.json").read_text())
+        code, out, err, exc = run_cli(["predict", str(d / "export"), str(d / "face.png"), "--json",
+                                       *(["--backend", *backend] if backend else [])])
+        got = json.loads(out)["class_names"] if code == 0 else None
+        return None if got == m["class_names"] else f"predict used class names {got}, not the artifact's"
+    return check
+
+
+def unlisted_tampered_copy(w: World, d: Path) -> list[str]:
+    """Issue 24's fourth reproduction: a byte-flipped copy of model.onnx beside it, which the manifest does not list."""
     e = copy_export(w, d)
-
-    def change(m: dict) -> None:
-        m["class_names"] = m["class_names"][::-1]
-        m["preprocessing"]["class_names"] = m["preprocessing"]["class_names"][::-1]
-    edit_manifest(e, change)
-    return ["predict", str(e), str(face_png(d)), "--json"]
+    shutil.copy(e / "model.onnx", e / "evil.onnx")
+    flip_byte(e / "evil.onnx", (e / "evil.onnx").stat().st_size // 2)  # in the weights: the old code ran it silently
+    return ["predict", str(e / "evil.onnx"), str(face_png(d))]
 
 
-def embedded_classes_win(w: World, d: Path) -> str | None:
-    m = json.loads((w.export / "manifest.json").read_text())
-    code, out, err, exc = run_cli(["predict", str(d / "export"), str(d / "face.png"), "--json"])
-    got = json.loads(out)["class_names"] if code == 0 else None
-    return None if got == m["class_names"] else f"predict used class names {got}, not the artifact's"
+def swapped_checkpoint(command: str) -> Callable[[World, Path], list[str]]:
+    """Issue 24's fifth reproduction: source_checkpoint.path pointed at another checkpoint (the sha256 left as is)."""
+    def argv(w: World, d: Path) -> list[str]:
+        e = copy_export(w, d)
+        edit_manifest(e, lambda m: m["source_checkpoint"].update(path=str(w.other_ckpt)))
+        if command == "predict":
+            return ["predict", e, face_png(d), "--backend", "pytorch", "--json"]
+        return ["bench", e, "--backends", "pytorch,onnxruntime", "--batch-sizes", "1", "--no-progress"]
+    return argv
+
+
+def listed_but_missing(command: str, file: str) -> Callable[[World, Path], list[str]]:
+    """A copy of the export with one listed artifact deleted (was: skipped, exit 0)."""
+    def argv(w: World, d: Path) -> list[str]:
+        e = copy_export(w, d)
+        (e / file).unlink()
+        if command == "triton-repo":
+            return ["triton-repo", e, "--out", d / "repo"]
+        return ["bench", e, "--batch-sizes", "1", "--no-progress"]
+    return argv
 
 
 def sixteen_bit(w: World, d: Path) -> list[str]:
@@ -503,6 +540,12 @@ CASES: list[Case] = [
     Case(S, "bench --checkpoint: pickle that would run code",
          lambda w, d: ["bench", w.export, "--checkpoint", evil_pickle(d), "--batch-sizes", "1", "--no-progress"],
          2, "refused", not_pwned),
+    Case(S, "predict: a tampered copy of model.onnx its folder's manifest does not list (issue 24: ran, exit 0)",
+         unlisted_tampered_copy, 1, "not listed in"),
+    Case(S, "predict --backend pytorch: manifest's checkpoint path swapped to another checkpoint (issue 24: ran it)",
+         swapped_checkpoint("predict"), 1, "differs from the source checkpoint's sha256"),
+    Case(S, "bench: manifest's checkpoint path swapped to another checkpoint",
+         swapped_checkpoint("bench"), 1, "differs from the source checkpoint's sha256"),
     # data loss and consistency
     Case(L, "triton-repo EXPORT --out PARENT_OF_EXPORT --force",
          lambda w, d: (copy_export(w, d), shutil.copytree(w.run, d / "run"),
@@ -535,8 +578,10 @@ CASES: list[Case] = [
                        ["export", w.run / "best.pt", "--out", record_files(d / "r"), "-f", "onnx"])[-1], 2,
          "not an export folder", survives("r")),
     # silent wrong output
-    Case(W, "predict: manifest class list reversed (the artifact's own list wins)", reversed_classes, 0,
-         '"class_names"', embedded_classes_win),
+    Case(W, "predict: manifest class list reversed (the artifact's own list wins)", reversed_classes(), 0,
+         '"class_names"', embedded_classes_win()),
+    Case(W, "predict --backend pytorch: manifest class list reversed (the checkpoint's own list wins; issue 24: "
+         "every label wrong)", reversed_classes("pytorch"), 0, '"class_names"', embedded_classes_win("pytorch")),
     Case(W, "predict: 16-bit PNGs (mid-grey vs white)", sixteen_bit, 0, '"results"', grey_differs_from_white),
     Case(W, "export --opset 13", lambda w, d: ["export", w.run / "best.pt", "--out", d / "o", "--opset", "13",
                                                "-f", "onnx"], 2, "--opset 13", nothing_at(lambda w, d: d / "o")),
@@ -637,6 +682,10 @@ CASES: list[Case] = [
                                                                             face_png(d)])[1], 1, "not valid JSON"),
     Case(A, "predict: decompression-bomb PNG", lambda w, d: ["predict", w.export, bomb_png(d)], 2,
          "decompression bomb"),
+    Case(A, "triton-repo: a listed artifact is missing (issue 24: skipped, exit 0)",
+         listed_but_missing("triton-repo", "model.torchscript"), 1, "listed in", nothing_at(lambda w, d: d / "repo")),
+    Case(A, "bench: a listed artifact is missing (was: skipped, exit 0)", listed_but_missing("bench", "model.onnx"), 1,
+         "--no-verify"),
 ]
 
 

@@ -192,6 +192,38 @@ def test_verify_rejects_escapes_and_changed_bytes(export_copy, tmp_path):
         read_manifest(export_copy, verify=False)
 
 
+def test_a_listed_file_that_is_gone_fails_verification_and_is_skipped_without_it(export_copy, tmp_path):
+    """Issue 24: a manifest entry whose file is missing was only skipped (triton-repo, bench: exit 0)."""
+    (export_copy / "model.torchscript").unlink()
+    with pytest.raises(IntegrityError, match=r"model\.torchscript: listed in .*manifest\.json but missing; .*verify"):
+        read_manifest(export_copy)
+    assert len(read_manifest(export_copy, verify=False)["artifacts"]) == 2  # the escape hatch: listed, not checked
+    with pytest.raises(IntegrityError, match="listed in .* but missing"):
+        build_triton_repo(export_copy, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_class_names_come_from_a_place_a_hash_covers(export_copy):
+    """Embedded metadata wins over manifest.json's text; a format that embeds none (TensorRT) takes the manifest's
+    preprocessing only when it matches the entry's preprocessing_sha256."""
+    from fuse_export.export.embedded import trusted_preprocessing
+    from fuse_export.export.manifest import preprocessing_sha256
+
+    m = read_manifest(export_copy)
+    pre = Preprocessing.from_dict(m["preprocessing"])
+    onnx = next(a for a in m["artifacts"] if a["file"] == "model.onnx")
+    assert all(a["preprocessing_sha256"] == preprocessing_sha256(pre) for a in m["artifacts"])  # written by export
+    reversed_ = json.loads(json.dumps(m))
+    reversed_["class_names"] = reversed_["preprocessing"]["class_names"] = m["class_names"][::-1]
+    assert trusted_preprocessing(export_copy, onnx, reversed_) == pre  # the ONNX file's own metadata
+    engine = {**onnx, "format": "tensorrt"}  # no metadata inside: the manifest's field, checked by its digest
+    assert trusted_preprocessing(export_copy, engine, m) == pre
+    with pytest.raises(IntegrityError, match="field 'preprocessing'.*preprocessing_sha256.*--no-verify"):
+        trusted_preprocessing(export_copy, engine, reversed_)
+    unchecked = trusted_preprocessing(export_copy, engine, reversed_, verify=False)
+    assert unchecked.class_names == tuple(m["class_names"][::-1])
+
+
 def test_csv_with_a_byte_order_mark_loads(tiny_csv, tmp_path):
     from fuse_export.data.fer2013 import load_fer2013_csv
 

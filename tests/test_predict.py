@@ -46,7 +46,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory):
 def run_json(*args: str) -> dict:
     r = CliRunner().invoke(app, ["predict", *args, "--json"])
     assert r.exit_code == 0, r.output
-    return json.loads(r.output)
+    return json.loads(r.stdout)  # stdout alone: a warning goes to stderr
 
 
 def eager_probs(checkpoint, images: list[Image.Image]) -> np.ndarray:
@@ -83,6 +83,35 @@ def test_a_folder_and_an_artifact_copied_away_from_its_manifest(tiny_export, pho
     alone = run_json(str(tmp_path / "alone.onnx"), str(photos))
     for a, b in zip(alone["results"], doc["results"]):
         assert a["predictions"][0]["probabilities"] == pytest.approx(b["predictions"][0]["probabilities"], abs=1e-6)
+
+
+def test_a_lone_artifact_warns_and_one_its_folder_does_not_list_is_refused(tiny_export, photos, tmp_path):
+    """Issue 24: `cp E/model.onnx E/evil.onnx` (a byte flipped) ran without a word. A file beside a manifest that
+    does not list it is refused (exit 1, --no-verify named); a lone file runs, with one line saying it is unverified."""
+    face = str(photos / "face0.png")
+    shutil.copy(tiny_export / "model.onnx", tmp_path / "alone.onnx")
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "alone.onnx"), face, "--json"])
+    assert r.exit_code == 0, r.output
+    warning = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(warning) == 1 and warning[0].startswith("warning: ") and "unverified" in warning[0], r.stderr
+    assert json.loads(r.stdout)["results"][0]["predictions"]
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    evil = bytearray((export / "model.onnx").read_bytes())
+    evil[len(evil) // 2] ^= 0xFF  # a weight changed: the file still loads and runs
+    (export / "evil.onnx").write_bytes(bytes(evil))
+    r = CliRunner().invoke(app, ["predict", str(export / "evil.onnx"), face])
+    assert r.exit_code == 1, r.output
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert line.startswith("error: ") and "evil.onnx: not listed in" in line and "--no-verify" in line
+    assert not r.stdout.strip()  # nothing predicted
+
+    shutil.copy(export / "model.onnx", export / "copy.onnx")  # --no-verify: runs as a lone file would, and says so
+    r = CliRunner().invoke(app, ["predict", str(export / "copy.onnx"), face, "--json", "--no-verify"])
+    assert r.exit_code == 0, r.output
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert line.startswith("warning: ") and "copy.onnx: not listed in" in line and "unverified" in line
 
 
 def test_detect_faces_finds_the_face_and_says_when_there_is_none(tiny_export, tiny_run, photos):

@@ -83,14 +83,16 @@ def test_unservable_artifacts_are_skipped_with_reasons_and_nothing_left_on_failu
         build_triton_repo(export_copy, tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
     (export_copy / "model.onnx").write_bytes(onnx)
-    (export_copy / "model.torchscript").unlink()  # listed but missing: skipped with the reason
-    result = build_triton_repo(export_copy, tmp_path / "repo")
+    (export_copy / "model.torchscript").unlink()  # listed but missing: refused; --no-verify skips it with the reason
+    with pytest.raises(IntegrityError, match="listed in .* but missing"):
+        build_triton_repo(export_copy, tmp_path / "repo")
+    result = build_triton_repo(export_copy, tmp_path / "repo", verify=False)
     assert [m.name for m in result.models] == ["fer_onnx"]
     assert result.skipped == [("model.torchscript", f"{export_copy / 'model.torchscript'} is listed in "
                                                     "manifest.json but missing; re-export it")]
     (export_copy / "model.onnx").unlink()
     with pytest.raises(UserError, match="nothing Triton can serve"):
-        build_triton_repo(export_copy, tmp_path / "repo2")
+        build_triton_repo(export_copy, tmp_path / "repo2", verify=False)
     assert not (tmp_path / "repo2").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

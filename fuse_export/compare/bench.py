@@ -23,7 +23,7 @@ from fuse_export.compare.reference import REFERENCE_FILE, ReferenceSet, load_ref
 from fuse_export.compare.timing import LatencyStats, Schedule, interleaved_adaptive
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import UserError
-from fuse_export.export.manifest import read_manifest
+from fuse_export.export.manifest import MANIFEST, read_manifest, verify_checkpoint
 from fuse_export.export.options import check_tolerances
 from fuse_export.runners.base import Runner
 from fuse_export.runners.cuda_base import CudaRunner, check_device
@@ -164,6 +164,8 @@ def benchmark(folder: str | os.PathLike, options: BenchOptions | None = None, pr
     pre = Preprocessing.from_dict(manifest["preprocessing"])
     ckpt = Path(opts.checkpoint or manifest["source_checkpoint"]["path"])
     backends = parse_backends(",".join(opts.backends)) if opts.backends else _default_backends(opts.device)
+    if opts.verify and opts.checkpoint is None and ckpt.is_file() and any(b.format is None for b in backends):
+        verify_checkpoint(manifest, folder / MANIFEST)  # the eager rows run it in the export's name
     ref_path = _reference_path(folder, manifest, opts.reference, ckpt)
     saved: ReferenceSet | None = None
     if ref_path is not None:

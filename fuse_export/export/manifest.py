@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -48,6 +49,13 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
+def preprocessing_sha256(pre: Preprocessing) -> str:
+    """sha256 of the canonical JSON of `pre` (sorted keys, no spaces): recorded in each artifact's entry, so the
+    manifest's `preprocessing` (and its class names) can be trusted for a format that embeds none (TensorRT)."""
+    text = json.dumps(pre.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 def artifact_entry(out_dir: Path, file_name: str, fmt: str, backend: str, pre: Preprocessing, precision: str = "fp32",
                    embed_preprocessing: bool = False, **extra: Any) -> dict[str, Any]:
     path = out_dir / file_name
@@ -60,6 +68,7 @@ def artifact_entry(out_dir: Path, file_name: str, fmt: str, backend: str, pre: P
         "size_bytes": path.stat().st_size,
         "embed_preprocessing": embed_preprocessing,
         "io": io_contract(embed_preprocessing).to_dict(pre.num_classes, pre.image_size),
+        "preprocessing_sha256": preprocessing_sha256(pre),
         **extra,
     }
 
@@ -183,14 +192,16 @@ def _onnx_external_data(path: Path) -> list[str]:
 def verify_artifact(folder: str | os.PathLike, artifact: dict[str, Any], manifest_path: Path | None = None) -> Path:
     """The artifact's path after checking containment, file type, sha256, companions and ONNX external data.
 
-    A listed file that is absent passes here (callers skip it with a reason: nothing to run or copy); a
-    present one must be exactly what was verified at export time.
+    Every listed file must be there and be exactly what was verified at export time: a listed file that is gone
+    is an IntegrityError too (the folder is not what export wrote). Without verification (`read_manifest(...,
+    verify=False)`, the commands' --no-verify) callers skip an absent file with the reason instead.
     """
     folder = Path(folder)
     where = manifest_path or folder / MANIFEST
     path = artifact_path(folder, artifact["file"], where)
     if not os.path.lexists(path):
-        return path
+        raise IntegrityError(f"{path}: listed in {where} but missing; re-export it, or pass {NO_VERIFY} to go on "
+                             "without it")
     if not path.is_file():
         raise IntegrityError(f"{path}: listed in {where.name} as an artifact but is not a regular file; "
                              f"re-export it (or pass {NO_VERIFY})")
@@ -208,6 +219,24 @@ def verify_artifact(folder: str | os.PathLike, artifact: dict[str, Any], manifes
             data = artifact_path(folder, loc, where)
             if not is_inside(data, folder):
                 raise _bad(where, f"{path.name} keeps tensor data in {loc!r}, outside {folder}; refused")
+    return path
+
+
+def verify_checkpoint(manifest: dict[str, Any], manifest_path: Path) -> Path:
+    """The manifest's source checkpoint, after checking it against the sha256 recorded at export time: the eager
+    backends run it in the export's name, so `source_checkpoint.path` edited to point at another run's best.pt
+    (or the file retrained since) must not run silently."""
+    source = manifest["source_checkpoint"]
+    path = Path(source["path"])
+    expected = source.get("sha256")
+    if not isinstance(expected, str) or not _SHA256.fullmatch(expected):
+        raise _bad(manifest_path, "field 'source_checkpoint.sha256' is missing or not a hex sha256")
+    if not path.is_file():
+        raise UserError(f"{manifest_path}: the source checkpoint {path} is gone; the eager backends run it")
+    if sha256_file(path) != expected:
+        raise IntegrityError(f"{path}: differs from the source checkpoint's sha256 in {manifest_path} (another "
+                             "checkpoint, or retrained since the export); point source_checkpoint.path at the "
+                             f"checkpoint the export was made from, or pass {NO_VERIFY} to run it anyway")
     return path
 
 
