@@ -105,9 +105,13 @@ def _int_list(text: str, option: str) -> list[int]:
 
 
 def _check_output_file(path: Path, option: str) -> None:
-    """Refuse an output file path that cannot be written, before any work: a folder, or under a file."""
+    """Refuse an output file path that cannot be written, before any work: a folder, under a file, or a device,
+    pipe or socket (/dev/full, /dev/stdout): writes are atomic (a temporary file renamed over the path), which
+    would replace the device node itself rather than write to it."""
     if path.is_dir():
         raise UserError(f"{option} {path}: is a folder; give a file path inside it instead")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{option} {path}: is not a regular file (a device, pipe or socket); give a file path")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

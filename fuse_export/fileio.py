@@ -44,19 +44,41 @@ def chmod_by_umask(path: str | os.PathLike, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~process_umask())
 
 
+def named_os_error(exc: OSError, path: str | os.PathLike) -> OSError:
+    """`exc` with `path` as its file name when it has none: a write to an open file that fails (a full disk)
+    names no file, and "?: No space left on device" tells the user nothing."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path))
+
+
+@contextlib.contextmanager
+def os_errors_named(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an OSError of the block that names no file as one naming `path` (see named_os_error)."""
+    try:
+        yield
+    except OSError as exc:
+        named = named_os_error(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. An OSError that
+    names no file (a failed write or fsync: a full disk) is raised naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        if tmp_path.is_file():
-            chmod_by_umask(tmp_path)
-        os.replace(tmp_path, path)
+        with os_errors_named(path):
+            yield tmp_path
+            if tmp_path.is_file():
+                chmod_by_umask(tmp_path)
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -4,12 +4,18 @@ Triton's Python backend runs `TritonPythonModel` in a stub process per model ins
 runner (the one the serving process selected, with its thread count) and answers Triton's batches directly,
 with no further process in between. MODEL's batches are whole merged batches (one runner call); BYTES_MODEL's
 requests are decoded one by one, so a corrupt image fails only its own request.
+
+Every failure becomes one line in the response: what the request got wrong (an undecodable, empty, truncated or
+oversized image: a UserError) is Triton's INVALID_ARG, HTTP 400; anything else is INTERNAL (HTTP 500) with the
+exception's type only, its traceback going to the server's log. No traceback or server path reaches a client.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +95,27 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
+def client_error(exc: BaseException, model: str) -> tuple[str, bool]:
+    """(the one line a client gets for `exc`, whether the request was at fault). A UserError (other than an
+    artifact breaking its output contract) names the item and the problem; anything else only says that the
+    server failed, and its traceback goes to the server's log, not to the client."""
+    if isinstance(exc, UserError) and not isinstance(exc, IntegrityError):
+        text = str(exc).strip().splitlines()
+        return (text[0][:500] if text else type(exc).__name__), True
+    print(f"fuse-export serve: model {model}: request failed:", file=sys.stderr)
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    return f"model {model}: internal error ({type(exc).__name__}); see the server log", False
+
+
+def error_response(pb: Any, exc: BaseException, model: str) -> Any:
+    """A Triton response carrying `exc` as one line: INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT) when the
+    request was at fault, INTERNAL otherwise. Stubs without error codes (before Triton 23.x) get the line only."""
+    message, bad_request = client_error(exc, model)
+    code = getattr(pb.TritonError, "INVALID_ARG" if bad_request else "INTERNAL", None)
+    error = pb.TritonError(message) if code is None else pb.TritonError(message, code)
+    return pb.InferenceResponse(error=error)
+
+
 class TritonPythonModel:
     """Triton's Python-backend model (the interface names are Triton's): one instance, one runner."""
 
@@ -96,6 +123,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.kind = params["kind"]
+        self.name = config.get("name", self.kind)
         self.outputs = [o["name"] for o in config["output"]]
         try:
             self.instance = load_instance(params["export"], params["backend"], int(params["threads"]))
@@ -110,22 +138,29 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb
 
-        if self.kind == BYTES:  # one request at a time: a corrupt image fails its own request only
-            out = []
-            for r in requests:
-                x = pb.get_input_tensor_by_name(r, "image_bytes").as_numpy()
-                out += self._answer(pb, self.instance.infer_bytes, x, [len(x)])
-            return out
-        arrays = [pb.get_input_tensor_by_name(r, self.instance.input_name).as_numpy() for r in requests]
-        x = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)  # Triton's merged batch: one runner call
-        return self._answer(pb, self.instance.infer_tensor, x, [len(a) for a in arrays])
+        try:
+            if self.kind == BYTES:  # one request at a time: a corrupt image fails its own request only
+                out = []
+                for r in requests:
+                    try:
+                        x = pb.get_input_tensor_by_name(r, "image_bytes").as_numpy()
+                    except Exception as exc:  # noqa: BLE001 - answered as one line, never a traceback
+                        out.append(error_response(pb, exc, self.name))
+                        continue
+                    out += self._answer(pb, self.instance.infer_bytes, x, [len(x)])
+                return out
+            arrays = [pb.get_input_tensor_by_name(r, self.instance.input_name).as_numpy() for r in requests]
+            x = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)  # Triton's merged batch: one runner call
+            return self._answer(pb, self.instance.infer_tensor, x, [len(a) for a in arrays])
+        except Exception as exc:  # noqa: BLE001 - an exception out of execute() reaches clients with its traceback
+            return [error_response(pb, exc, self.name) for _ in requests]
 
     def _answer(self, pb: Any, infer: Any, x: np.ndarray, sizes: list[int]) -> list[Any]:
         """One response per request: its rows of the outputs, or the batch's error in one line."""
         try:
             outs = infer(x)
-        except Exception as exc:
-            return [pb.InferenceResponse(error=pb.TritonError(_one_line(exc))) for _ in sizes]
+        except Exception as exc:  # noqa: BLE001 - answered as one line (400 for the request's fault, else 500)
+            return [error_response(pb, exc, self.name) for _ in sizes]
         responses, start = [], 0
         for n in sizes:
             responses.append(pb.InferenceResponse(

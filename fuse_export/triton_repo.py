@@ -12,7 +12,8 @@ class names), so the names, types and shapes Triton checks are the ones the file
 
 The text is written by hand (no tritonclient needed at run time); the tests parse it with Triton's own
 ModelConfig protobuf schema. Artifacts are verified against manifest.json first; the repository is built
-beside OUT and swapped in whole (renameat2 RENAME_EXCHANGE on Linux, see fuse_export.fileio.swap_dir).
+beside OUT and swapped in whole (renameat2 RENAME_EXCHANGE on Linux, see fuse_export.fileio.swap_dir). labels.txt
+holds the class names of the verified artifact (fuse_export.export.embedded), never the manifest's unchecked list.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from fuse_export.contract import BATCH_AXIS, MAX_BATCH
 from fuse_export.errors import IntegrityError, UserError
+from fuse_export.export.embedded import trusted_preprocessing
 from fuse_export.export.manifest import artifact_path, external_data_files, read_manifest
 from fuse_export.fileio import folder_lock, is_inside, remove_stale_siblings, sha256_file, stage_dir, swap_dir
 
@@ -197,13 +199,19 @@ def _foreign_entry(out: Path) -> Path | None:
     return next((p for p in map(_not_written_here, sorted(out.iterdir())) if p is not None), None)
 
 
-def _check_out(folder: Path, out: Path, manifest: dict[str, Any], force: bool) -> None:
-    """Refuse an OUT that would lose data: a file, a non-empty folder without --force, or (even with --force) a
-    folder holding the export itself, its checkpoint, or anything triton-repo did not write."""
+def _check_out_path(folder: Path, out: Path) -> None:
+    """Refuse an OUT that is a file or lies inside the export folder (checked before OUT's parent is created)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder; choose a folder path")
     if is_inside(out, folder):
         raise UserError(f"--out {out}: inside the export folder {folder}; choose a folder outside it")
+
+
+def _check_out(folder: Path, out: Path, manifest: dict[str, Any], force: bool) -> None:
+    """Refuse an OUT that would lose data: a file, a non-empty folder without --force, or (even with --force) a
+    folder holding the export itself, its checkpoint, or anything triton-repo did not write. Called under the
+    parent's lock: a concurrent run's repository, swapped in a moment ago, counts as there."""
+    _check_out_path(folder, out)
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not force:
@@ -226,7 +234,9 @@ def build_triton_repo(artifacts_dir: str | os.PathLike, out: str | os.PathLike, 
 
     Every artifact is checked against its manifest sha256 first (`verify`), and each copy again after copying.
     The repository is built beside OUT under the parent folder's lock and swapped in whole (fileio.swap_dir):
-    the old repository stays usable until the new one is in place, and a kill leaves one or the other.
+    the old repository stays usable until the new one is in place, and a kill leaves one or the other. OUT is
+    checked under that lock too, so of two runs into one new folder the second finds the first's repository
+    there and is refused without `force`.
     """
     folder, out = Path(artifacts_dir), Path(out)
     if not 1 <= max_batch_size <= MAX_BATCH:
@@ -234,11 +244,12 @@ def build_triton_repo(artifacts_dir: str | os.PathLike, out: str | os.PathLike, 
     if not 1 <= instances <= MAX_INSTANCES:
         raise UserError(f"--instances {instances}: must be 1..{MAX_INSTANCES}")
     manifest = read_manifest(folder, verify=verify)
-    _check_out(folder, out, manifest, force)
+    _check_out_path(folder, out)
     result = RepoResult(out)
     names: dict[str, str] = {}
     with folder_lock(out.parent):
         remove_stale_siblings(out)
+        _check_out(folder, out, manifest, force)
         tmp = stage_dir(out)
         try:
             for artifact in manifest["artifacts"]:
@@ -255,7 +266,10 @@ def build_triton_repo(artifacts_dir: str | os.PathLike, out: str | os.PathLike, 
                 model_dir = tmp / name
                 (model_dir / VERSION).mkdir(parents=True)
                 _copy_model(folder, artifact, model_dir / VERSION / p.model_file, verify)
-                (model_dir / LABELS_FILE).write_text("\n".join(manifest["class_names"]) + "\n", encoding="utf-8")
+                # The verified file's own class names (or the manifest's, where a digest covers them): a reordered
+                # manifest list must not relabel every answer Triton gives.
+                classes = trusted_preprocessing(folder, artifact, manifest, verify).class_names
+                (model_dir / LABELS_FILE).write_text("\n".join(classes) + "\n", encoding="utf-8")
                 (model_dir / CONFIG_FILE).write_text(
                     config_text(name, artifact, max_batch_size, instances, f"{folder}/manifest.json"), encoding="utf-8")
                 result.models.append(RepoModel(name, artifact["file"], p.platform, out / name / CONFIG_FILE))

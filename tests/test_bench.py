@@ -139,6 +139,23 @@ def test_bench_reference_reproduces_parity_without_the_checkpoint(export_copy, t
     assert json.loads(second.read_text())["reference"].endswith("reference.npz")
 
 
+def test_bench_without_pytorch_compares_against_the_exports_reference(tiny_export, tiny_csv, tmp_path):
+    """Issue 24: `bench E --backends onnxruntime` was refused ("must include pytorch") although E holds its
+    reference.npz; parity is now against that file, the checkpoint being there or not."""
+    out = tmp_path / "b.json"
+    args = ["bench", str(tiny_export), "--backends", "onnxruntime", "--batch-sizes", "1", "--iterations", "1",
+            "--warmup", "0", "--min-time", "0", "--rounds", "1", "--no-progress"]
+    r = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["reference"].endswith(str(tiny_export / "reference.npz")) and doc["passed"]
+    assert [(x["backend"], x["status"]) for x in doc["rows"]] == [("onnxruntime", "ok")]
+    assert doc["rows"][0]["parity"]["passed"]
+    # --data names inputs that only the eager reference can answer: that still needs pytorch.
+    r = CliRunner().invoke(app, [*args, "--data", str(tiny_csv)])
+    assert r.exit_code == 2 and "--backends must include pytorch" in r.output
+
+
 def test_bench_times_rows_interleaved_for_a_minimum_time_and_writes_csv_and_plot(tiny_export, tmp_path):
     out, csv_path, png = tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.png"
     r = CliRunner().invoke(app, ["bench", str(tiny_export), "--backends", "pytorch,onnxruntime", "--batch-sizes",

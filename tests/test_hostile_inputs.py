@@ -351,6 +351,62 @@ def csv_variant(w: World, d: Path, header: str, bom: bool = False) -> Path:
     return p
 
 
+def csv_rows(w: World, d: Path, keep: Callable[[int, str], bool], name: str = "data.csv") -> Path:
+    """The world's CSV with only the body rows `keep(index, row)` accepts (header kept)."""
+    lines = w.csv.read_text().splitlines()
+    p = d / name
+    p.write_text("\n".join([lines[0], *[ln for i, ln in enumerate(lines[1:]) if keep(i, ln)]]) + "\n")
+    return p
+
+
+def one_class_csv(w: World, d: Path) -> list[str]:
+    """Issue 24: a CSV holding one class (angry) trained a 7-class model without a word."""
+    data = csv_rows(w, d, lambda i, ln: ln.startswith("0,"))
+    return ["train", RECIPE, "--data", data, "--out", d / "run", "--epochs", "1", "--no-progress"]
+
+
+def warns_of_classes_without_samples(w: World, d: Path) -> str | None:
+    lines = [ln for ln in (d / "stderr.txt").read_text().splitlines() if ln.startswith("warning: ")]
+    want = "warning: no training samples of 6 of the 7 classes (disgust, fear, happy, sad, surprise, neutral) in "
+    return None if len(lines) == 1 and lines[0].startswith(want) else f"no one-line warning naming the classes: {lines}"
+
+
+def resume_on_other_data(w: World, d: Path) -> list[str]:
+    """Issue 24: `train --resume` with another data set (here: the run's CSV less seven training rows)."""
+    shutil.copytree(w.run, d / "run")
+    training = [i for i, ln in enumerate(w.csv.read_text().splitlines()[1:]) if ln.endswith(",Training")]
+    data = csv_rows(w, d, lambda i, ln: i not in training[:7], "other.csv")
+    return ["train", RECIPE, "--data", data, "--out", d / "run", "--epochs", "3", "--resume", "--no-progress"]
+
+
+def repo_of_reversed_classes(w: World, d: Path) -> list[str]:
+    """triton-repo of a copy of the export whose manifest lists the classes reversed (the files are untouched)."""
+    reversed_classes()(w, d)
+    return ["triton-repo", d / "export", "--out", d / "repo"]
+
+
+def labels_from_artifacts(w: World, d: Path) -> str | None:
+    """Every labels.txt holds the export's real classes (embedded in the verified files), not the manifest's list."""
+    want = json.loads((w.export / "manifest.json").read_text())["class_names"]
+    got = {p.parent.name: p.read_text().splitlines() for p in sorted((d / "repo").glob("*/labels.txt"))}
+    wrong = {k: v for k, v in got.items() if v != want}
+    return None if got and not wrong else f"labels.txt not the artifact's classes {want}: {wrong or got}"
+
+
+def fifo(d: Path) -> Path:
+    """A named pipe: a path that exists and is no regular file (as /dev/full is), safe to hand to old code."""
+    os.mkfifo(d / "pipe")
+    return d / "pipe"
+
+
+def not_replaced(name: str) -> Callable[[World, Path], str | None]:
+    def check(w: World, d: Path) -> str | None:
+        import stat
+
+        return None if stat.S_ISFIFO(os.lstat(d / name).st_mode) else f"{name} was replaced by a file"
+    return check
+
+
 def resume_from(w: World, d: Path, best_as_last: bool, recipe: Path | None = None) -> list[str]:
     run = d / "run"
     shutil.copytree(w.run, run)
@@ -583,6 +639,10 @@ CASES: list[Case] = [
     Case(W, "predict --backend pytorch: manifest class list reversed (the checkpoint's own list wins; issue 24: "
          "every label wrong)", reversed_classes("pytorch"), 0, '"class_names"', embedded_classes_win("pytorch")),
     Case(W, "predict: 16-bit PNGs (mid-grey vs white)", sixteen_bit, 0, '"results"', grey_differs_from_white),
+    Case(W, "triton-repo: manifest class list reversed (labels.txt from the verified artifact)",
+         repo_of_reversed_classes, 0, "repository:", labels_from_artifacts),
+    Case(W, "train: a CSV holding one class (was: a 7-class model without a word)", one_class_csv, 0,
+         "best checkpoint:", warns_of_classes_without_samples),
     Case(W, "export --opset 13", lambda w, d: ["export", w.run / "best.pt", "--out", d / "o", "--opset", "13",
                                                "-f", "onnx"], 2, "--opset 13", nothing_at(lambda w, d: d / "o")),
     Case(W, "export --opset 5", lambda w, d: ["export", w.run / "best.pt", "--out", d / "o", "--opset", "5",
@@ -644,6 +704,14 @@ CASES: list[Case] = [
          lambda w, d: ["bench", w.export, "--device", "cuda:99", "--batch-sizes", "1", "--no-progress"], 2,
          "--device cuda:99"),
     Case(V, "train --resume on a copy of best.pt", lambda w, d: resume_from(w, d, True), 2, "not a resumable"),
+    Case(V, "train --resume with another data set (was: a traceback)", resume_on_other_data, 2,
+         "trained on another data set", run_unchanged),
+    Case(V, "train: a zero-byte recipe (was: every default trained for minutes without a word)",
+         lambda w, d: ((d / "empty.toml").write_bytes(b""), train_argv(w, d, recipe=d / "empty.toml"))[1], 2,
+         "empty recipe", nothing_at(lambda w, d: d / "run")),
+    Case(V, "bench --min-time inf (was: a traceback)",
+         lambda w, d: ["bench", w.export, "--batch-sizes", "1", "--no-progress", "--min-time", "inf"], 2,
+         "--min-time inf: must be a finite number"),
     Case(V, "train --resume with another architecture",
          lambda w, d: resume_from(w, d, False, recipe_with(d, "model", "dcnn_hidden = [64]")), 2,
          "another architecture"),
@@ -655,6 +723,13 @@ CASES: list[Case] = [
          "not a folder"),
     Case(O, "bench --json a folder",
          lambda w, d: ["bench", w.export, "--json", d, "--batch-sizes", "1", "--no-progress"], 2, "is a folder"),
+    Case(O, "bench --json a named pipe (as /dev/full: was written over by a rename)",
+         lambda w, d: ["bench", w.export, "--json", fifo(d), "--batch-sizes", "1", "--no-progress"], 2,
+         "is not a regular file", not_replaced("pipe")),
+    Case(O, "bench --reference an empty file (was: 'aborted', exit 130)",
+         lambda w, d: ((d / "empty.npz").write_bytes(b""),
+                       ["bench", w.export, "--reference", d / "empty.npz", "--batch-sizes", "1", "--no-progress"])[1],
+         2, "empty.npz: empty file (0 bytes)"),
     Case(O, "export --out under a file", lambda w, d: ((d / "f").write_text("x"),
                                                        ["export", w.run / "best.pt", "--out", d / "f" / "sub"])[1],
          2, str("f")),
@@ -708,6 +783,57 @@ def _other_checkpoint(src: Path, dst: Path) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.kind}: {c.name}" for c in CASES])
 def test_hostile_input(case: Case, world: World, tmp_path: Path) -> None:
+    o = run_case(case, world, tmp_path / "case")
+    if o.error is not None:
+        raise o.error
+    assert not o.problems, f"{o.problems}\nstdout: {o.out[-2000:]}\nstderr: {o.err[-2000:]}"
+
+
+def full_disk(monkeypatch: pytest.MonkeyPatch, under: Path) -> None:
+    """A full disk under `under`: fsync of a file there fails with ENOSPC (where a full disk reports a write that
+    the page cache took), and so does every TensorBoard event write (its writer thread's own file)."""
+    import errno
+
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(under)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    def write(self, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(RecordWriter, "write", write)
+
+
+def names_a_file_in(name: str) -> Callable[[World, Path], str | None]:
+    """The error line names the file under d/NAME that could not be written (not '?')."""
+    def check(w: World, d: Path) -> str | None:
+        last = (d / "stderr.txt").read_text().strip().splitlines()[-1]
+        return None if last.startswith(f"error: {d / name}") else f"the error names no file under {name}: {last!r}"
+    return check
+
+
+FULL_DISK: list[Case] = [
+    Case(O, "train --out on a full disk (was: the TensorBoard thread's traceback, then '?: No space left')",
+         lambda w, d: train_argv(w, d, "--limit", "20"), 2, "No space left on device; free some space",
+         names_a_file_in("run")),
+    Case(O, "bench --json on a full disk (was: '?: No space left on device')",
+         lambda w, d: ["bench", w.export, "--backends", "pytorch,onnxruntime", "--batch-sizes", "1", "--warmup", "0",
+                       "--iterations", "1", "--min-time", "0", "--rounds", "1", "--no-progress", "--json",
+                       d / "b.json"], 2, "b.json: No space left on device", nothing_at(lambda w, d: d / "b.json")),
+]
+
+
+@pytest.mark.parametrize("case", FULL_DISK, ids=[c.name for c in FULL_DISK])
+def test_full_disk_is_one_line_naming_the_file(case: Case, world: World, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tensorboard")
+    full_disk(monkeypatch, tmp_path)
     o = run_case(case, world, tmp_path / "case")
     if o.error is not None:
         raise o.error

@@ -132,6 +132,20 @@ def test_health_and_metrics_answer(server: Server, conns) -> None:
     assert f'nv_inference_request_success{{model="{MODEL}",version="1"}}' in text
 
 
+def bomb_png() -> bytes:
+    """A 20000x20000 1-bit PNG: about 50 kB, 400 Mpx decoded (over Pillow's and fuse-export's pixel limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    side = 20000
+    raw = zlib.compress((b"\x00" * (1 + side // 8)) * side, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+
 def _bad_requests(size: int):
     """(what, model, input name, array, Triton datatype) of each kind of bad request."""
     good = np.zeros((1, 3, size, size), np.float32)
@@ -146,19 +160,35 @@ def _bad_requests(size: int):
          "BYTES"),
         ("truncated PNG", BYTES_MODEL, "image_bytes", np.array([[png.getvalue()[:40]]], dtype=object), "BYTES"),
         ("empty image bytes", BYTES_MODEL, "image_bytes", np.array([[b""]], dtype=object), "BYTES"),
+        ("decompression-bomb PNG", BYTES_MODEL, "image_bytes", np.array([[bomb_png()]], dtype=object), "BYTES"),
     ]
 
 
+BAD_REQUEST = ("400", "StatusCode.INVALID_ARGUMENT")  # HTTP's and gRPC's status for a request's own fault
+
+
 def test_each_bad_request_errors_and_the_next_good_one_succeeds(server: Server, conns, tmp_path: Path) -> None:
+    """A bad request is the client's fault: 400 (gRPC INVALID_ARGUMENT) with one line naming the item and the
+    problem; no traceback and no server path leave the server (issue 24: corrupt, empty, truncated and bomb
+    images got HTTP 500). The next good request still succeeds."""
     from tritonclient.utils import InferenceServerException
+
+    from fuse_export.serve import PACKAGE_ROOT
 
     size = server.selected.pre.image_size
     good = np.random.default_rng(1).normal(size=(2, 3, size, size)).astype(np.float32)
     jpeg = face_jpeg(tmp_path / "ok.jpg")
+    server_paths = (PACKAGE_ROOT, str(Path(server.export_dir).resolve()), "site-packages", '.py"', ".py(")
     for mod, client in conns:
         for what, model, name, array, datatype in _bad_requests(size):
-            with pytest.raises(InferenceServerException):
+            with pytest.raises(InferenceServerException) as info:
                 infer(mod, client, model, name, array, datatype)
+            status, message = info.value.status(), info.value.message()
+            assert status in BAD_REQUEST, (mod.__name__, what, status, message)
+            assert "Traceback" not in message and len(message.strip().splitlines()) == 1, (what, message)
+            assert not [p for p in server_paths if p in message], (what, message)
+            if model == BYTES_MODEL:
+                assert "image_bytes[0]: " in message, (what, message)  # names the item, then the problem
             assert infer(mod, client, MODEL, "image", good, "FP32")["probabilities"].shape == (2, 7), what
             assert infer(mod, client, BYTES_MODEL, "image_bytes", np.array([[jpeg]], dtype=object), "BYTES")[
                 "label"].shape == (1, 1), what

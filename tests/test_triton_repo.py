@@ -131,6 +131,47 @@ def test_force_replaces_a_repository_it_wrote_and_nothing_it_did_not(export_copy
     assert (shots / "2024" / "face.png").read_bytes() == b"\x89PNG"
 
 
+def test_two_runs_into_one_new_folder_do_not_both_write_it(export_copy, tmp_path, monkeypatch):
+    """Issue 24: two concurrent runs into one new --out both exited 0, the second replacing the first without
+    --force. OUT is checked under the folder lock, so the second sees the first's repository and is refused."""
+    import contextlib
+    import threading
+
+    from fuse_export import triton_repo
+
+    real_lock, arrived = triton_repo.folder_lock, threading.Semaphore(0)
+
+    @contextlib.contextmanager
+    def lock(folder):
+        arrived.release()  # this run is at the lock (the old code had checked OUT already: still empty)
+        with real_lock(folder):
+            yield
+
+    monkeypatch.setattr(triton_repo, "folder_lock", lock)
+    repo, outcomes = tmp_path / "repo", []
+
+    def run(batch: int) -> None:
+        try:
+            build_triton_repo(export_copy, repo, max_batch_size=batch)
+            outcomes.append(("written", batch))
+        except UserError as exc:
+            outcomes.append(("refused", str(exc)))
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in (8, 16)]
+    with real_lock(tmp_path):  # both runs reach the lock before either may write
+        for t in threads:
+            t.start()
+        assert all(arrived.acquire(timeout=120) for _ in threads)
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(kind for kind, _ in outcomes) == ["refused", "written"], outcomes
+    (batch,) = [b for kind, b in outcomes if kind == "written"]
+    (why,) = [b for kind, b in outcomes if kind == "refused"]
+    assert "already exists and is not empty; pass --force" in why
+    assert parse(repo / "fer_onnx" / "config.pbtxt").max_batch_size == batch  # the first run's, not replaced
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
 def test_preferred_batch_sizes():
     assert preferred_batch_sizes(1) == [1]
     assert preferred_batch_sizes(32) == [4, 8, 16, 32]

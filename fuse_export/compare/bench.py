@@ -9,6 +9,7 @@ turns in interleaved rounds, each row measured for at least a minimum time and a
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from fuse_export.runners.base import Runner
 from fuse_export.runners.cuda_base import CudaRunner, check_device
 from fuse_export.runners.registry import BACKENDS, REFERENCE, Backend, parse_backends
 
+MAX_MIN_TIME_S = 3600.0  # --min-time per row: an hour is already more than any bench needs
 
 @dataclass(frozen=True)
 class BenchOptions:
@@ -54,6 +56,10 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         check_tolerances(self.atol, self.rtol)
+        t = self.min_time_s
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and 0 <= t <= MAX_MIN_TIME_S):
+            raise UserError(f"--min-time {t}: must be a finite number of seconds in 0..{MAX_MIN_TIME_S:g} (the "
+                            "minimum timed time per row)")
 
     def schedule(self) -> Schedule:
         return Schedule(self.warmup, self.iterations, self.min_time_s, self.rounds)
@@ -127,14 +133,16 @@ def _check_file(folder: Path, artifact: dict[str, Any]) -> tuple[bool, str]:
     return True, ""
 
 
-def _reference_path(folder: Path, manifest: dict[str, Any], given: str | None, ckpt: Path) -> Path | None:
+def _reference_path(folder: Path, manifest: dict[str, Any], given: str | None, ckpt: Path,
+                    eager: bool = True) -> Path | None:
     """The saved reference to compare against: --reference (a file, or a folder with reference.npz), else the
-    export's own reference.npz when the checkpoint is not here; None: run the eager reference."""
+    export's own reference.npz when the eager reference cannot run (the checkpoint is not here) or is not asked
+    for (`eager` False: --backends leaves pytorch out); None: run the eager reference."""
     if given:
         p = Path(given)
         return p / REFERENCE_FILE if p.is_dir() else p
     listed = manifest.get("reference", {})
-    if not ckpt.is_file() and listed.get("file") and (folder / listed["file"]).is_file():
+    if (not ckpt.is_file() or not eager) and listed.get("file") and (folder / listed["file"]).is_file():
         from fuse_export.errors import IntegrityError
         from fuse_export.fileio import is_inside, sha256_file
 
@@ -166,7 +174,10 @@ def benchmark(folder: str | os.PathLike, options: BenchOptions | None = None, pr
     backends = parse_backends(",".join(opts.backends)) if opts.backends else _default_backends(opts.device)
     if opts.verify and opts.checkpoint is None and ckpt.is_file() and any(b.format is None for b in backends):
         verify_checkpoint(manifest, folder / MANIFEST)  # the eager rows run it in the export's name
-    ref_path = _reference_path(folder, manifest, opts.reference, ckpt)
+    # Without pytorch among the backends (and without --data, whose inputs only eager can answer), parity is
+    # against the export's own reference.npz, as when the checkpoint is gone.
+    eager = opts.data is not None or any(b.key == REFERENCE for b in backends)
+    ref_path = _reference_path(folder, manifest, opts.reference, ckpt, eager)
     saved: ReferenceSet | None = None
     if ref_path is not None:
         saved = load_reference(ref_path, pre)

@@ -67,11 +67,15 @@ def load_reference(path: str | os.PathLike, pre: Preprocessing | None = None) ->
     if not path.is_file():
         raise UserError(f"{path}: reference file not found; `fuse-export export` writes {REFERENCE_FILE} beside "
                         "manifest.json, `fuse-export bench --save-results FILE` writes one")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file (0 bytes), not a reference .npz; write one with "
+                        "`fuse-export bench --save-results FILE`")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(str(arrays["meta"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+    # EOFError: a file that ends early (numpy's "No data left in file"); Click would turn it into "aborted".
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not a reference .npz ({type(exc).__name__}); write one with "
                         "`fuse-export bench --save-results FILE`") from None
     if meta.get("kind") != REFERENCE_KIND:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from fuse_export.data.base import FerDataset
 from fuse_export.fileio import atomic_open, write_json
 
@@ -14,10 +16,19 @@ LABEL_NOISE = "label_noise.json"
 
 def write_data_reports(ds: FerDataset, out_dir: str | os.PathLike) -> list[str]:
     """Write bad_files.txt / label_noise.json into `out_dir` when there is something to say; returns one
-    line per fact for the console (nothing is left out without a trace)."""
+    line per fact for the console (nothing is left out without a trace), and a warning line when classes have
+    no training samples."""
     out = Path(out_dir)
     messages = [f"data: {ds.name} from {ds.source}: " + ", ".join(f"{k} {v}" for k, v in ds.counts().items())
                 + f"; classes {', '.join(ds.class_names)}"]
+    train = ds.splits.get("train")
+    if train is not None and len(train):
+        present = set(np.unique(np.asarray(train.labels)).tolist())
+        empty = [c for i, c in enumerate(ds.class_names) if i not in present]
+        if empty:  # e.g. a CSV holding one class: the model still gets an output per class, never trained
+            messages.append(f"warning: no training samples of {len(empty)} of the {ds.num_classes} classes "
+                            f"({', '.join(empty)}) in {ds.source}; the model keeps an output for each but cannot "
+                            "learn them")
     for reason, count in ds.skipped.items():
         if count:
             messages.append(f"data: left out {count} sample(s): {reason}")

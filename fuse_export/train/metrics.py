@@ -3,13 +3,15 @@ event files when the optional `tensorboard` package is installed, and a PNG of t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
-from fuse_export.fileio import atomic_open
+from fuse_export.fileio import atomic_open, os_errors_named
 
 
 def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -69,18 +71,40 @@ class TensorBoardLog:
 
     Without the `tensorboard` package (pip install 'fuse-export[tensorboard]') it does nothing, quietly:
     metrics.csv and metrics.jsonl carry the same numbers.
+
+    TensorBoard writes from a thread of its own; when a write fails (a full disk) that thread dies with a
+    traceback on stderr, and the main thread gets the same error at its next `log`. While open, this class
+    silences the thread's report (only for OSErrors of TensorBoard's writer thread), so the error reaches the
+    user once, as one line naming the folder.
     """
 
     def __init__(self, out_dir: Path, start_epoch: int = 1, enabled: bool = True) -> None:
         self.writer: Any = None
+        self.folder = out_dir / "tensorboard"
         if not enabled:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return
-        # purge_step: after a resume, events the interrupted run wrote past its last checkpoint are hidden.
-        self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_epoch if start_epoch > 1 else None)
+        self._previous_hook = threading.excepthook
+        threading.excepthook = self._thread_error
+        try:
+            with os_errors_named(self.folder):
+                # purge_step: after a resume, events the interrupted run wrote past its last checkpoint are hidden.
+                self.writer = SummaryWriter(str(self.folder), purge_step=start_epoch if start_epoch > 1 else None)
+        except BaseException:
+            self._restore_hook()
+            raise
+
+    def _thread_error(self, args: Any) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return  # the main thread re-raises it from its next log() or close()
+        self._previous_hook(args)
+
+    def _restore_hook(self) -> None:
+        if threading.excepthook == self._thread_error:
+            threading.excepthook = self._previous_hook
 
     @property
     def active(self) -> bool:
@@ -89,18 +113,28 @@ class TensorBoardLog:
     def log(self, row: dict[str, Any]) -> None:
         if self.writer is None:
             return
-        for key, value in row.items():
-            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(_tag(key), value, row["epoch"])
-        self.writer.flush()
+        with os_errors_named(self.folder):
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(_tag(key), value, row["epoch"])
+            self.writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self.writer is None:
+            return
+        writer, self.writer = self.writer, None
+        try:
+            with os_errors_named(self.folder):
+                writer.close()  # joins the writer thread: its error, if any, has gone through _thread_error now
+        finally:
+            self._restore_hook()
 
     def __enter__(self) -> TensorBoardLog:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        if exc[0] is None:
+            self.close()
+            return
+        with contextlib.suppress(OSError):  # the error already on its way out (e.g. a checkpoint's) is the one told
+            self.close()

@@ -282,5 +282,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         d = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{path}: not valid TOML ({exc})") from None
+    if not d:  # a zero-byte (or comments-only) file would silently train every default for minutes
+        raise RecipeError(f"{path}: empty recipe (no tables or keys); start from one in recipes/, or name one "
+                          "(e.g. `fuse-export train fer2013`)")
     d.setdefault("name", path.stem)
     return recipe_from_dict(d, str(path))

@@ -88,6 +88,21 @@ def _quiet(*_: Any, **__: Any) -> None:
     return None
 
 
+def _check_same_data(state: dict[str, Any], last: Path, given: np.ndarray, trained: int) -> None:
+    """Refuse to resume on another data set: the checkpoint's per-sample labels (and margins) are indexed by the
+    training split it was written with, so another split would fail deep in the loop, or mislabel silently."""
+    dynamics = state.get("training_dynamics")
+    saved = dynamics.get("given") if isinstance(dynamics, dict) else None  # the split's labels as loaded
+    labels = state.get("labels")
+    same = (saved is None or (len(saved) == len(given) and bool((np.asarray(saved) == given).all()))) and \
+        (labels is None or len(labels) == trained)
+    if not same:
+        n = len(saved) if saved is not None else "?"
+        raise CheckpointError(f"{last}: trained on another data set ({n} training samples; this one has "
+                              f"{len(given)}, or other labels) or another stacking.holdout_fraction; resume with the "
+                              "data and recipe that run used, or start a new run without --resume")
+
+
 def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, resume: bool, progress: bool,
            on_epoch_end: EpochCallback | None, transforms: TransformPair | None = None,
            train_rows: np.ndarray | None = None) -> TrainResult:
@@ -124,12 +139,13 @@ def _train(recipe: Recipe, data_path: str | None, out: Path, ctx: DistContext, r
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
         for line in write_data_reports(ds, out):  # bad_files.txt, label_noise.json: nothing left out silently
-            log(line)
+            log(line, soft_wrap=True, markup=False, highlight=False)  # one line each, however long
     if resume:
         state = read_checkpoint_on_main(last, ctx)
         check_resume_state(state, last, model)
         if state.get("class_names") != list(ds.class_names):
             raise CheckpointError(f"{last}: class names differ from the data set's; cannot resume")
+        _check_same_data(state, last, ds.splits["train"].labels, len(train_split))
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
