@@ -97,7 +97,7 @@ def test_load_chooses_by_device_and_explains(tiny_export):
         fuse_export.load(tiny_export, backend="nope")
 
 
-def _toy_onnx(path: Path, softmax: bool, size: int = 16) -> Preprocessing:
+def _toy_onnx(path: Path, softmax: bool, size: int = 32) -> Preprocessing:
     """A tiny graph with the contract's names and shapes, built with the onnx package (no torch), carrying
     fuse-export metadata; with softmax=False its 'probabilities' are raw logits, which the contract rules out."""
     import onnx
