@@ -232,8 +232,10 @@ def describe_load_error(exc: BaseException, what: str = "PyTorch weights file") 
         return f"not a readable {what} (empty, truncated or corrupt: the file ends before its data does)"
     if isinstance(exc, IsADirectoryError):
         return "a folder, not a file"
+    # Anything else the unpickler raises on bytes it cannot parse (IndexError, KeyError, struct.error, ... vary with
+    # the bytes): the file is corrupt or is no PyTorch file at all.
     first = text.splitlines()[0] if text else ""
-    return f"not a readable {what} ({type(exc).__name__}{': ' + first[:200] if first else ''})"
+    return f"not a readable {what} (corrupt, or not a PyTorch file: {type(exc).__name__}{': ' + first[:200] if first else ''})"
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
