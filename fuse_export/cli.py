@@ -25,6 +25,20 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from fuse_export import __version__
+
+        typer.echo(f"fuse-export {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """Train, export, verify and benchmark a fused DCNN + Self-Cure Network facial-emotion model."""
+
+
 # Packages of the `train` extra: the slim runtime install (`pip install -e .`) runs exported models without them.
 TRAIN_ONLY = ("torch", "torchvision", "onnx", "onnxscript", "safetensors")
 

@@ -234,3 +234,35 @@ def test_device_picks_the_backends_and_places_cuda_runners(tmp_path):
     assert make_runner(BACKENDS["pytorch-cuda"], None, ckpt, pre, None, False).device_name == "cuda"
     cpu = make_runner(BACKENDS["pytorch"], None, ckpt, pre, None, False, "cuda:1")
     assert str(cpu.device) == "cpu"  # CPU runners ignore a CUDA device
+
+
+def test_the_table_prints_install_hints_whole_in_a_column_of_their_own():
+    """Rich markup would swallow `[openvino]` from pip install 'fuse-export[openvino]' (it did), and a long reason
+    used to fill the Accuracy column."""
+    from rich.console import Console
+
+    from fuse_export.compare.bench import BenchReport, BenchRow
+    from fuse_export.compare.report import bench_table
+
+    hint = "openvino not installed (pip install 'fuse-export[openvino]')"
+    report = BenchReport("E", "noise", 2, [BenchRow("openvino", "OpenVINO", None, "skipped", hint)])
+    console = Console(width=400, record=True)
+    console.print(bench_table(report))
+    text = console.export_text()
+    assert "pip install 'fuse-export[openvino]'" in text
+    header = next(line for line in text.splitlines() if "Accuracy" in line)
+    row = next(line for line in text.splitlines() if "OpenVINO" in line)
+    assert row.index("pip install") > header.index("Note") - 1  # in the Note column, not under Accuracy
+
+
+def test_version():
+    from fuse_export import __version__
+    from fuse_export.cli import run_app
+
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run_app(["--version"]) == 0
+    assert out.getvalue().strip() == f"fuse-export {__version__}"

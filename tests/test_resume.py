@@ -81,7 +81,7 @@ def test_resume_at_an_epoch_boundary_gives_the_same_final_state(straight, noisy_
     assert a["test_accuracy"] == b["test_accuracy"] and a["relabeled_total"] == b["relabeled_total"]
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")  # fp16 skips overflowed steps
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")  # fp16 skips overflowed steps
 def test_resume_with_fp16_grad_scaler(noisy_bars, tmp_path):
     """The grad scaler's state (scale, growth tracker) is saved and restored; CPU fp16 autocast here
     (one step of 8 per epoch: fp16 convolutions are very slow on the CPU)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from fuse_export.compare.bench import BenchReport
 
@@ -54,15 +55,17 @@ def bench_table(report: BenchReport) -> Table:
     for col, justify in (("Backend", "left"), ("Status", "left"), ("Prec", "left"), ("Size MB", "right"),
                          ("Batch", "right"), ("p50 ms", "right"), ("p90 ms", "right"), ("p99 ms", "right"),
                          ("Calls", "right"), ("img/s", "right"), ("max|Δp|", "right"), ("max|Δconf|", "right"),
-                         ("top-1 agree", "right"), ("Accuracy", "right")):
+                         ("top-1 agree", "right"), ("Accuracy", "right"), ("Note", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in report.rows:
         status = r.status
         if r.parity is not None and not r.parity:
             status = "PARITY FAIL: " + ",".join(r.parity.failed_outputs())
         if r.status != "ok" or r.latency is None:
+            # The reason in a column of its own (it used to fill Accuracy), as plain Text: an install hint such as
+            # pip install 'fuse-export[openvino]' is not Rich markup, which would swallow the [openvino].
             table.add_row(r.title, status, r.precision, _fmt(r.size_mb, ".1f"), "-", "-", "-", "-", "-", "-", "-", "-",
-                          "-", r.reason[:60])
+                          "-", "-", Text(r.reason))
             continue
         lat, p = r.latency, r.parity
         table.add_row(
@@ -72,6 +75,7 @@ def bench_table(report: BenchReport) -> Table:
             _fmt(p.max_abs_conf if p is not None else None, ".1e"),
             _fmt(p.top1_agreement * 100 if p is not None else None, ".2f") + ("%" if p is not None else ""),
             _fmt(r.accuracy * 100 if r.accuracy is not None else None, ".2f") + ("%" if r.accuracy is not None else ""),
+            Text(r.reason or ""),
         )
     return table
 
