@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from report_blocks import publish  # noqa: E402
+from study_log import append_rows, load_around, read_rows  # noqa: E402
 
 from fuse_export.contract import Preprocessing  # noqa: E402
 from fuse_export.data.fer2013 import load_fer2013_csv  # noqa: E402
@@ -122,16 +123,6 @@ def run_cell(cfg: Config, training: str, seed: int, data: Path, run_dir: Path) -
     return rows
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
-    return out
-
-
 def code_digest() -> str:
     """Hash of the code the numbers depend on: rows from older code are never reused."""
     pkg = ROOT / "fuse_export"
@@ -199,23 +190,16 @@ def main() -> None:
     # Each finished training's rows are appended to NAME.jsonl at once; a rerun skips finished cells.
     key = json.dumps([asdict(replace(cfg, seeds=())), code_digest()], sort_keys=True)
     jsonl = args.out / f"{args.name}.jsonl"
-    rows = [r for r in _read_jsonl(jsonl) if r.get("key") == key]
+    rows = read_rows(jsonl, key)
     start = time.perf_counter()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     cells = [(t, s) for s in cfg.seeds for t in TRAININGS]
     for i, (training, seed) in enumerate(cells, 1):
         if any(r["training"] == training and r["seed"] == seed for r in rows):
             continue
-        load_before = os.getloadavg()[0]
-        got = run_cell(cfg, training, seed, data, work / f"{training}_seed{seed}")
-        extra = {"key": key, "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
-        args.out.mkdir(parents=True, exist_ok=True)
-        with open(jsonl, "a", encoding="utf-8") as fh:
-            for r in got:
-                fh.write(json.dumps(r | extra) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        rows += [r | extra for r in got]
+        cell = load_around(lambda: run_cell(cfg, training, seed, data, work / f"{training}_seed{seed}"))
+        got = append_rows(jsonl, cell.pop("result"), key=key, **cell)  # this training's rows, at once
+        rows += got
         print(f"[{i}/{len(cells)} {time.perf_counter() - start:.0f}s] " + "; ".join(
             f"{r['pair']} seed {r['seed']}: val fused {r['val_acc']['fused']:.3f}" for r in got)
             + f"  {got[0]['train_seconds']}s", flush=True)

@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from noisy_labels import Config, code_digest, make_data  # noqa: E402
 from report_blocks import publish  # noqa: E402
+from study_log import append_rows, load_around, read_rows  # noqa: E402
 
 from fuse_export.compare.report import machine_info  # noqa: E402
 from fuse_export.data.fer2013 import load_fer2013_csv  # noqa: E402
@@ -112,18 +113,6 @@ def run_cell(cfg: Config, rate: float, seed: int, clean: Path, noisy: Path, run_
     for ckpt in run_dir.glob("*.pt"):
         ckpt.unlink()
     return row
-
-
-def load_rows(path: Path, key: str) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            row = json.loads(line)
-            if row.get("key") == key:
-                rows.append(row)
-    return rows
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -233,9 +222,9 @@ def main() -> None:
                      sort_keys=True)
     jsonl = args.out / f"{args.name}.jsonl"
     if args.report and jsonl.exists():  # re-render what was measured, under the key it was measured with
-        keys = [json.loads(line).get("key") for line in jsonl.read_text().splitlines() if line.strip()]
-        key = keys[-1] if keys else key
-    rows = load_rows(jsonl, key)
+        logged = read_rows(jsonl)
+        key = logged[-1].get("key", key) if logged else key
+    rows = read_rows(jsonl, key)
     cells = [(r, s) for r in cfg.rates for s in cfg.seeds]
     if not args.report:
         work = args.work / args.name
@@ -245,15 +234,9 @@ def main() -> None:
         for i, (rate, seed) in enumerate(cells, 1):
             if any(r["rate"] == rate and r["seed"] == seed for r in rows):
                 continue
-            load_before = os.getloadavg()[0]
-            row = run_cell(cfg, rate, seed, clean, noisy[(rate, seed)],
-                           work / f"noise{int(round(rate * 100)):02d}_seed{seed}")
-            row |= {"key": key, "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
-            args.out.mkdir(parents=True, exist_ok=True)
-            with open(jsonl, "a", encoding="utf-8") as fh:  # one line per finished cell, at once
-                fh.write(json.dumps(row) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            cell = load_around(lambda: run_cell(cfg, rate, seed, clean, noisy[(rate, seed)],
+                                                work / f"noise{int(round(rate * 100)):02d}_seed{seed}"))
+            (row,) = append_rows(jsonl, [cell.pop("result")], key=key, **cell)  # one line per cell, at once
             rows.append(row)
             t = {a: v["test"] for a, v in row["scores"].items()}
             print(f"[{i}/{len(cells)} {time.perf_counter() - start:.0f}s] noise {rate:.0%} seed {seed}: test dcnn "

@@ -159,6 +159,19 @@ def run_key(cfg: Config, variant: Variant, rate: float, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def relabel_record(given: np.ndarray, truth: np.ndarray, final: np.ndarray) -> dict[str, Any]:
+    """SCN's relabeling against the truth: flips made, restored (recall), right among changes (precision), and the
+    share of clean labels it changed."""
+    flipped, changed = given != truth, final != given
+    return {
+        "flipped": int(flipped.sum()), "changed": int(changed.sum()),
+        "restored": int((flipped & (final == truth)).sum()),
+        "recall": float((flipped & (final == truth)).sum() / flipped.sum()) if flipped.any() else None,
+        "precision": float((final[changed] == truth[changed]).mean()) if changed.any() else None,
+        "clean_changed": float((changed & ~flipped).sum() / max((~flipped).sum(), 1)),
+    }
+
+
 def measure_run(cfg: Config, variant: Variant, rate: float, seed: int, clean_csv: Path, noisy_csv: Path,
                 run_dir: Path) -> dict[str, Any]:
     """Train one model and measure it at its final epoch."""
@@ -184,14 +197,8 @@ def measure_run(cfg: Config, variant: Variant, rate: float, seed: int, clean_csv
     train_idx, _ = holdout_split(noisy_train, recipe.stacking.holdout_fraction, recipe.train.seed)
     truth, given = clean_train.labels[train_idx], noisy_train.labels[train_idx]
     final = result.labels.numpy() if result.labels is not None else given
-    flipped, changed = given != truth, final != given
-    row["relabel"] = {
-        "flipped": int(flipped.sum()), "changed": int(changed.sum()),
-        "restored": int((flipped & (final == truth)).sum()),
-        "recall": float((flipped & (final == truth)).sum() / max(flipped.sum(), 1)) if flipped.any() else None,
-        "precision": float((final[changed] == truth[changed]).mean()) if changed.any() else None,
-        "clean_changed": float((changed & ~flipped).sum() / max((~flipped).sum(), 1)),
-    }
+    flipped = given != truth
+    row["relabel"] = relabel_record(given, truth, final)
     full = predict_heads(model, eval_batches(noisy_train, tf, 128), torch.device("cpu"))
     alpha = full.alpha.reshape(-1).numpy()[train_idx]
     row["alpha_auc"] = roc_auc(-alpha, flipped) if flipped.any() else None

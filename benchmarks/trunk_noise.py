@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from noisy_labels import MODELS, Variant, rewrite_training_labels  # noqa: E402
+from noisy_labels import MODELS, Variant, relabel_record, rewrite_training_labels  # noqa: E402
 from trunk_noise_report import write_report  # noqa: E402
 
 from fuse_export.audit import AuditOptions, audit_checkpoint, precision_at_k, recall_at_k, roc_auc  # noqa: E402
@@ -196,14 +196,8 @@ def train_job(cfg: Config, trunk: str, setting: str, model: str, seed: int, clea
     train_idx, _ = holdout_split(noisy_train, recipe.stacking.holdout_fraction, recipe.train.seed)
     truth, given = clean_train.labels[train_idx], noisy_train.labels[train_idx]
     labels = result.labels.numpy() if result.labels is not None else given
-    flipped, changed = given != truth, labels != given
-    row["relabel"] = {
-        "flipped": int(flipped.sum()), "changed": int(changed.sum()),
-        "restored": int((flipped & (labels == truth)).sum()),
-        "recall": float((flipped & (labels == truth)).sum() / flipped.sum()) if flipped.any() else None,
-        "precision": float((labels[changed] == truth[changed]).mean()) if changed.any() else None,
-        "clean_changed": float((changed & ~flipped).sum() / max((~flipped).sum(), 1)),
-    }
+    flipped = given != truth
+    row["relabel"] = relabel_record(given, truth, labels)
     full = predict_heads(final.model, eval_batches(noisy_train, tf, 128), cpu)
     wrong_all = noisy_train.labels != clean_train.labels
     row["alpha_auc"] = roc_auc(-full.alpha.reshape(-1).numpy()[train_idx], flipped) if flipped.any() else None

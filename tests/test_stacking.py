@@ -144,9 +144,11 @@ def test_stacking_recipe_values_are_checked(table, message):
         recipe_from_dict({"stacking": table}, "r.toml")
 
 
-def test_training_records_and_prints_the_choice(tiny_run, capsys):
-    """summary.json and the checkpoint carry every candidate's cross-validated scores and the winner."""
+def test_training_records_the_choice_and_its_printed_line_names_every_candidate(tiny_run):
+    """summary.json and the checkpoint carry every candidate's cross-validated scores and the winner; the line
+    `train` prints is made from that record."""
     from fuse_export.train.checkpoint import read_checkpoint
+    from fuse_export.train.stacking import summary_line
 
     summary = json.loads((tiny_run.out_dir / "summary.json").read_text())
     rec = summary["stacking"]
@@ -156,3 +158,7 @@ def test_training_records_and_prints_the_choice(tiny_run, capsys):
     best = read_checkpoint(tiny_run.best)
     assert best["stacking"] == rec
     assert tiny_run.history[-1]["stacker"] in rec["candidates"]
+    line = summary_line(rec)
+    assert line.startswith(f"stacker: {rec['winner']} (5-fold CV on {rec['holdout']} held-out images")
+    for name, c in rec["candidates"].items():
+        assert f"{name} {c['cv_accuracy']:.3f}" in line

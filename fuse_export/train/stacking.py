@@ -117,16 +117,16 @@ class _Fitter:
         self.template = stacker
         self.x, self.y, self.max_iter = features.detach().float().cpu(), labels.detach().long().cpu(), max_iter
 
-    def fit(self, name: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """(weight, bias, fitted objective) of candidate `name` fitted on `rows`."""
+    def fit(self, name: str, strength: float | None, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(weight, bias, fitted objective) of candidate `name` (an anchor, or a fit towards the average with
+        `strength`) fitted on `rows`."""
         x, y = self.x[rows], self.y[rows]
-        if name in ANCHORS:
+        if strength is None:
             pattern = anchor_weights(self.kind, self.c, name, 1.0)
             g = _fit_gain(x @ pattern.T, y, default_gain(self.kind))
             w = pattern * g
             b = torch.zeros(self.c)
             return w, b, float(nn.functional.cross_entropy(x @ w.T, y))
-        strength = float(name.partition("@")[2])
         avg = anchor_weights(self.kind, self.c, "average", 1.0)
         anchor = avg * _fit_gain(x @ avg.T, y, default_gain(self.kind))
         st = copy.deepcopy(self.template).cpu()
@@ -140,17 +140,17 @@ def _score(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -
     return correct, float(nn.functional.cross_entropy(logits, y, reduction="sum"))
 
 
-def _cross_validate(fitter: _Fitter, names: list[str], folds: np.ndarray, k: int) -> list[Candidate]:
+def _cross_validate(fitter: _Fitter, specs: dict[str, float | None], folds: np.ndarray, k: int) -> list[Candidate]:
     n = len(fitter.y)
     out = []
-    for name in names:
+    for name, strength in specs.items():
         correct, nll = np.zeros(n, bool), 0.0
         for f in range(k):
             test = torch.from_numpy(np.flatnonzero(folds == f))
             train = torch.from_numpy(np.flatnonzero(folds != f))
             if len(test) == 0 or len(train) == 0:
                 continue
-            w, b, _ = fitter.fit(name, train)
+            w, b, _ = fitter.fit(name, strength, train)
             ok, fold_nll = _score(fitter.x[test], fitter.y[test], w, b)
             correct[test.numpy()] = ok
             nll += fold_nll
@@ -191,20 +191,25 @@ def choose_stacker(stacker: Stacker, features: torch.Tensor, labels: torch.Tenso
     n = len(y)
     cands: list[Candidate] = []
     k = 0
+    # Name -> the strength of its pull towards the average (None: a fixed combination with a fitted gain).
+    specs: dict[str, float | None] = {a: None for a in ANCHORS}
     if select == "cv":
+        specs |= {f"fitted@{v:g}": float(v) for v in strengths}
         k = max(2, min(folds, n))
         winner = "average"
         if n >= 2:
-            names = [*ANCHORS, *(f"fitted@{s:g}" for s in strengths)]
-            cands = _cross_validate(fitter, names, stratified_folds(y, k, seed), k)
+            cands = _cross_validate(fitter, specs, stratified_folds(y, k, seed), k)
             winner = _pick(cands)
+    elif select == "fitted":
+        winner = f"fitted@{weight_decay:g}"
+        specs[winner] = float(weight_decay)
     else:
-        winner = f"fitted@{weight_decay:g}" if select == "fitted" else select
+        winner = select
     if n == 0:  # nothing held out: the even combination at its default gain
         w = anchor_weights(stacker.kind, fitter.c, "average", default_gain(stacker.kind))
         b, loss = torch.zeros(fitter.c), float("nan")
     else:
-        w, b, loss = fitter.fit(winner, torch.arange(n))
+        w, b, loss = fitter.fit(winner, specs[winner], torch.arange(n))
     with torch.no_grad():
         stacker.linear.weight.copy_(w.to(stacker.linear.weight.device))
         stacker.linear.bias.copy_(b.to(stacker.linear.bias.device))
