@@ -47,17 +47,17 @@ from fuse_export.compare.report import machine_info
 from fuse_export.contract import IO_CONTRACT, Preprocessing
 from fuse_export.cpuinfo import cpu_features
 from fuse_export.errors import ParityError
-from fuse_export.export.calibration import load_calibration, normalize
-from fuse_export.export.formats import FORMATS, artifact_file
-from fuse_export.export.manifest import tool_versions
-from fuse_export.export.metadata import artifact_metadata
-from fuse_export.export.onnx_precision import quantize_int8
-from fuse_export.export.to_onnx import export_onnx
-from fuse_export.export.to_torchscript import export_torchscript
+from fuse_export.exporters.calibration import load_calibration, normalize
+from fuse_export.exporters.formats import FORMATS, artifact_file
+from fuse_export.exporters.manifest import tool_versions
+from fuse_export.exporters.metadata import artifact_metadata
+from fuse_export.exporters.onnx_precision import quantize_int8
+from fuse_export.exporters.to_onnx import export_onnx
+from fuse_export.exporters.to_torchscript import export_torchscript
 from fuse_export.fileio import write_json
 from fuse_export.model.fused import ExportView
 from fuse_export.runners.registry import BACKENDS, REFERENCE, backend_for
-from fuse_export.train.checkpoint import load_model
+from fuse_export.training.checkpoint import load_model
 
 from bench_int8_cpu import model_and_data  # noqa: E402  (sibling script: benchmarks/ is on sys.path)
 
@@ -75,7 +75,7 @@ def parity_and_accuracy(checkpoint: Path, csv: Path, work: Path, keys: list[str]
                         threads: int) -> dict[str, dict[str, Any]]:
     """Every backend on the whole test split at the training size, through the export workflow and run_bench."""
     from fuse_export.compare.bench import run_bench
-    from fuse_export.workflow import export_checkpoint
+    from fuse_export.app.export_verify import export_checkpoint
 
     out = work / "export-train-size"
     formats = list(dict.fromkeys(BACKENDS[k].format for k in keys if BACKENDS[k].format))
@@ -107,7 +107,7 @@ def export_224(checkpoint: Path, csv: Path, work: Path, size: int, calibration: 
                full: bool = True) -> tuple[Path, Preprocessing]:
     """The same weights at `size`: TorchScript, ONNX fp32/int8, OpenVINO IR fp32/int8 (as the exporters write them);
     with `full` False only the fp32 ONNX and IR."""
-    from fuse_export.export.to_openvino import export_openvino
+    from fuse_export.exporters.to_openvino import export_openvino
 
     loaded = load_model(checkpoint)
     p = loaded.preprocessing
@@ -132,7 +132,7 @@ def bare_resnet18_ir(work: Path, size: int, classes: int) -> Path:
     """A plain torchvision ResNet-18 through the same ONNX exporter settings and the same IR conversion."""
     import torchvision
 
-    from fuse_export.export.to_openvino import export_openvino
+    from fuse_export.exporters.to_openvino import export_openvino
 
     onnx_path, xml = work / "bare.onnx", work / "bare.xml"
     model = torchvision.models.resnet18(num_classes=classes).eval()

@@ -25,10 +25,10 @@ import torchvision
 
 from fuse_export.compare.report import machine_info
 from fuse_export.contract import IO_CONTRACT, Preprocessing
-from fuse_export.export.manifest import tool_versions
-from fuse_export.export.metadata import artifact_metadata
-from fuse_export.export.to_onnx import export_onnx
-from fuse_export.export.to_torchscript import export_torchscript, load_torchscript
+from fuse_export.exporters.manifest import tool_versions
+from fuse_export.exporters.metadata import artifact_metadata
+from fuse_export.exporters.to_onnx import export_onnx
+from fuse_export.exporters.to_torchscript import export_torchscript, load_torchscript
 from fuse_export.model.fused import ExportView, FusedFER, ModelConfig
 
 

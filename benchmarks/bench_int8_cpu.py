@@ -33,19 +33,19 @@ import torch
 
 from fuse_export.compare.report import machine_info
 from fuse_export.contract import IO_CONTRACT, Preprocessing
-from fuse_export.export.formats import FORMATS
-from fuse_export.export.manifest import tool_versions
-from fuse_export.export.metadata import artifact_metadata
+from fuse_export.exporters.formats import FORMATS
+from fuse_export.exporters.manifest import tool_versions
+from fuse_export.exporters.metadata import artifact_metadata
 from fuse_export.errors import ParityError
-from fuse_export.export.calibration import load_calibration, normalize
-from fuse_export.export.int8_weights import INT8_WEIGHTS, int8_weight_range
-from fuse_export.export.onnx_precision import quantize_int8
-from fuse_export.export.options import VerifyOptions, failed_name
-from fuse_export.export.to_onnx import export_onnx
+from fuse_export.exporters.calibration import load_calibration, normalize
+from fuse_export.exporters.int8_weights import INT8_WEIGHTS, int8_weight_range
+from fuse_export.exporters.onnx_precision import quantize_int8
+from fuse_export.exporters.options import VerifyOptions, failed_name
+from fuse_export.exporters.to_onnx import export_onnx
 from fuse_export.fileio import write_json
 from fuse_export.model.fused import ExportView
-from fuse_export.train.checkpoint import load_model
-from fuse_export.workflow import export_checkpoint
+from fuse_export.training.checkpoint import load_model
+from fuse_export.app.export_verify import export_checkpoint
 
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 
@@ -62,10 +62,11 @@ def cpu_flags() -> list[str]:
 
 def train_model(work: Path, samples_per_class: int, epochs: int, size: int, seed: int) -> tuple[Path, Path]:
     """Generated faces + the synthetic-quick recipe at `size`: (checkpoint, CSV)."""
-    from fuse_export.data.synthetic import SyntheticSpec, write_fer2013_csv
-    from fuse_export.train.recipe import load_recipe
-    from fuse_export.train.trainer import run_training
-    from fuse_export.workflow import resolve_recipe
+    from fuse_export.data.synthetic import SyntheticSpec
+    from fuse_export.data.synthetic_csv import write_fer2013_csv
+    from fuse_export.training.recipe import load_recipe
+    from fuse_export.training.trainer import run_training
+    from fuse_export.training.recipe_path import resolve_recipe
 
     csv = work / "faces.csv"
     write_fer2013_csv(csv, SyntheticSpec(samples_per_class=samples_per_class, seed=seed))

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fuse_export.serve_env import free_ports, runner_threads
+from fuse_export.deploy.environment import free_ports, runner_threads
 
 REQUEST_TIMEOUT_S = 120.0  # a hung server fails the request, it does not hang the benchmark
 MAX_REQUESTS_PER_LEVEL = 50_000
@@ -431,7 +431,7 @@ def main() -> None:
     args.level_list = [int(v) for v in args.levels.split(",")]
     # The same thread count in the server and in process (and explicit: see serve_env.runner_threads).
     args.resolved_threads = runner_threads(args.threads, args.instances)
-    from fuse_export.predict import select
+    from fuse_export.inference.selection import select
     from fuse_export.runners.registry import BACKENDS
 
     doc: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),

@@ -26,12 +26,12 @@ from fuse_export.compare.parity import compare_outputs
 from fuse_export.compare.report import machine_info
 from fuse_export.compare.timing import Schedule, interleaved_adaptive
 from fuse_export.contract import IO_CONTRACT
-from fuse_export.export.manifest import tool_versions
-from fuse_export.export.metadata import artifact_metadata
-from fuse_export.export.onnx_simplify import node_count, simplify_onnx
-from fuse_export.export.to_onnx import export_onnx
+from fuse_export.exporters.manifest import tool_versions
+from fuse_export.exporters.metadata import artifact_metadata
+from fuse_export.exporters.onnx_simplify import node_count, simplify_onnx
+from fuse_export.exporters.to_onnx import export_onnx
 from fuse_export.model.fused import ExportView
-from fuse_export.train.checkpoint import load_model
+from fuse_export.training.checkpoint import load_model
 
 VARIANTS = (("optimize", True, False), ("optimize+slim", True, True), ("no-optimize", False, False),
             ("no-optimize+slim", False, True))

@@ -46,13 +46,14 @@ from study_log import append_rows, load_around, read_rows  # noqa: E402
 
 from fuse_export.contract import Preprocessing  # noqa: E402
 from fuse_export.data.fer2013 import load_fer2013_csv  # noqa: E402
-from fuse_export.data.synthetic import SyntheticSpec, write_fer2013_csv  # noqa: E402
+from fuse_export.data.synthetic import SyntheticSpec  # noqa: E402
+from fuse_export.data.synthetic_csv import write_fer2013_csv  # noqa: E402
 from fuse_export.data.torchdata import eval_batches  # noqa: E402
 from fuse_export.data.transforms import eval_transform  # noqa: E402
 from fuse_export.fileio import write_json  # noqa: E402
-from fuse_export.train.loop import head_accuracies, predict_heads  # noqa: E402
-from fuse_export.train.recipe import load_recipe  # noqa: E402
-from fuse_export.train.trainer import run_training  # noqa: E402
+from fuse_export.training.loop import head_accuracies, predict_heads  # noqa: E402
+from fuse_export.training.recipe import load_recipe  # noqa: E402
+from fuse_export.training.trainer import run_training  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ TRAININGS = {"squash-train": ("squash", {"squash": "scn", "resize-crop": "curren
 def measure(cfg: Config, training: str, seed: int, data: Path, run_dir: Path) -> list[dict[str, Any]]:
     """Train once; score the best checkpoint through both eval geometries (stacker refitted per geometry)."""
     from fuse_export.model.stacker import Stacker
-    from fuse_export.train.build import holdout_split
-    from fuse_export.train.stacking import choose_stacker
+    from fuse_export.training.build import holdout_split
+    from fuse_export.training.stacking import choose_stacker
 
     geometry, pairs = TRAININGS[training]
     recipe = load_recipe(ROOT / "recipes" / "synthetic-quick.toml").replace(

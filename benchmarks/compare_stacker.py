@@ -46,11 +46,11 @@ from fuse_export.data.torchdata import eval_batches  # noqa: E402
 from fuse_export.data.transforms import eval_transform  # noqa: E402
 from fuse_export.fileio import atomic_open, write_json  # noqa: E402
 from fuse_export.model.stacker import Stacker, fit_stacker  # noqa: E402
-from fuse_export.train.build import holdout_split  # noqa: E402
-from fuse_export.train.checkpoint import load_model, read_checkpoint  # noqa: E402
-from fuse_export.train.loop import predict_heads  # noqa: E402
-from fuse_export.train.stacking import choose_stacker  # noqa: E402
-from fuse_export.train.trainer import run_training  # noqa: E402
+from fuse_export.training.build import holdout_split  # noqa: E402
+from fuse_export.training.checkpoint import load_model, read_checkpoint  # noqa: E402
+from fuse_export.training.loop import predict_heads  # noqa: E402
+from fuse_export.training.stacking import choose_stacker  # noqa: E402
+from fuse_export.training.trainer import run_training  # noqa: E402
 
 RATES = (0.0, 0.3)
 # The study's size: 400 faces per class (a 196-image held-out split), 40x40, 12 epochs: ~2-4 min a cell on two

@@ -38,12 +38,12 @@ from fuse_export.data.base import Split
 from fuse_export.data.transforms import train_transform
 from fuse_export.model.fused import FusedFER, ModelConfig
 from fuse_export.runners.cuda_base import cuda_device
-from fuse_export.train.build import make_optimizer, training_network
-from fuse_export.train.distributed import DistContext
-from fuse_export.train.loaders import train_loader
-from fuse_export.train.loop import LabelState, train_one_epoch
-from fuse_export.train.recipe import Recipe
-from fuse_export.train.speed import batch_to, configure_backends, make_precision, maybe_compile, to_memory_format
+from fuse_export.training.build import make_optimizer, training_network
+from fuse_export.training.distributed import DistContext
+from fuse_export.training.loaders import train_loader
+from fuse_export.training.loop import LabelState, train_one_epoch
+from fuse_export.training.recipe import Recipe
+from fuse_export.training.speed import batch_to, configure_backends, make_precision, maybe_compile, to_memory_format
 
 TARGET_RATIO = 0.9
 NUM_CLASSES = 7

@@ -38,15 +38,16 @@ from noisy_labels_report import latency_ms, write_report  # noqa: E402
 from fuse_export.audit import audit_heads, percentile_rank, precision_at_k, roc_auc  # noqa: E402
 from fuse_export.data.fer2013 import load_fer2013_csv  # noqa: E402
 from fuse_export.data.noise import inject_symmetric_noise  # noqa: E402
-from fuse_export.data.synthetic import SyntheticSpec, write_fer2013_csv  # noqa: E402
+from fuse_export.data.synthetic import SyntheticSpec  # noqa: E402
+from fuse_export.data.synthetic_csv import write_fer2013_csv  # noqa: E402
 from fuse_export.data.torchdata import eval_batches  # noqa: E402
 from fuse_export.data.transforms import eval_transform  # noqa: E402
 from fuse_export.fileio import atomic_open, write_json  # noqa: E402
-from fuse_export.train.build import holdout_split  # noqa: E402
-from fuse_export.train.checkpoint import load_model  # noqa: E402
-from fuse_export.train.loop import head_accuracies, predict_heads  # noqa: E402
-from fuse_export.train.recipe import Recipe, recipe_from_dict  # noqa: E402
-from fuse_export.train.trainer import run_training  # noqa: E402
+from fuse_export.training.build import holdout_split  # noqa: E402
+from fuse_export.training.checkpoint import load_model  # noqa: E402
+from fuse_export.training.loop import head_accuracies, predict_heads  # noqa: E402
+from fuse_export.training.recipe import Recipe, recipe_from_dict  # noqa: E402
+from fuse_export.training.trainer import run_training  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import torch
 
 from fuse_export.compare.timing import measure
 from fuse_export.contract import IO_CONTRACT, Preprocessing
-from fuse_export.export.metadata import artifact_metadata
-from fuse_export.export.to_onnx import export_onnx
-from fuse_export.export.to_pt2 import export_pt2, load_pt2
+from fuse_export.exporters.metadata import artifact_metadata
+from fuse_export.exporters.to_onnx import export_onnx
+from fuse_export.exporters.to_pt2 import export_pt2, load_pt2
 from fuse_export.model.fused import ExportView, FusedFER, ModelConfig
 
 

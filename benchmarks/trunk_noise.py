@@ -45,16 +45,17 @@ from fuse_export.audit import AuditOptions, audit_checkpoint, precision_at_k, re
 from fuse_export.audit.crossfit import fold_assignment, fold_probabilities  # noqa: E402
 from fuse_export.data.fer2013 import load_fer2013_csv  # noqa: E402
 from fuse_export.data.noise import inject_asymmetric_noise, inject_symmetric_noise  # noqa: E402
-from fuse_export.data.synthetic import SyntheticSpec, write_fer2013_csv  # noqa: E402
+from fuse_export.data.synthetic import SyntheticSpec  # noqa: E402
+from fuse_export.data.synthetic_csv import write_fer2013_csv  # noqa: E402
 from fuse_export.data.torchdata import eval_batches  # noqa: E402
 from fuse_export.data.transforms import eval_transform  # noqa: E402
 from fuse_export.fileio import sha256_file, write_json  # noqa: E402
-from fuse_export.train.build import holdout_split  # noqa: E402
-from fuse_export.train.checkpoint import load_model  # noqa: E402
-from fuse_export.train.dynamics import TrainingDynamics  # noqa: E402
-from fuse_export.train.loop import head_accuracies, predict_heads  # noqa: E402
-from fuse_export.train.recipe import Recipe, recipe_from_dict  # noqa: E402
-from fuse_export.train.trainer import run_training  # noqa: E402
+from fuse_export.training.build import holdout_split  # noqa: E402
+from fuse_export.training.checkpoint import load_model  # noqa: E402
+from fuse_export.training.dynamics import TrainingDynamics  # noqa: E402
+from fuse_export.training.loop import head_accuracies, predict_heads  # noqa: E402
+from fuse_export.training.recipe import Recipe, recipe_from_dict  # noqa: E402
+from fuse_export.training.trainer import run_training  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRUNK = ROOT / "runs" / "pretrain" / "identity_resnet18.pth"

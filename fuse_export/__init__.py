@@ -21,15 +21,15 @@ __version__ = "0.1.0"
 
 # name -> module that defines it (imported lazily by __getattr__)
 _LAZY: dict[str, str] = {
-    "load": "fuse_export.api",
-    "Predictor": "fuse_export.api",
-    "Predictions": "fuse_export.api",
-    "train": "fuse_export.pipeline",  # fuse_export.train(...): the callable subpackage forwards to pipeline.train
-    "export": "fuse_export.pipeline",  # fuse_export.export(...): likewise, to pipeline.export
-    "bench": "fuse_export.pipeline",
-    "Manifest": "fuse_export.pipeline",
-    "ExportOptions": "fuse_export.export.options",
-    "VerifyOptions": "fuse_export.export.options",
+    "load": "fuse_export.app.loading",
+    "Predictor": "fuse_export.app.loading",
+    "Predictions": "fuse_export.app.loading",
+    "train": "fuse_export.app.api",
+    "export": "fuse_export.app.api",
+    "bench": "fuse_export.app.api",
+    "Manifest": "fuse_export.app.api",
+    "ExportOptions": "fuse_export.exporters.options",
+    "VerifyOptions": "fuse_export.exporters.options",
     "BenchOptions": "fuse_export.compare.bench",
     "BenchResult": "fuse_export.compare.bench",
     "ParityResult": "fuse_export.compare.parity",
@@ -43,20 +43,18 @@ __all__ = ["BenchOptions", "BenchResult", "ExportOptions", "IntegrityError", "Ma
            "bench", "export", "load", "train"]
 
 if TYPE_CHECKING:
-    from fuse_export.api import Predictions, Predictor, load
+    from fuse_export.app.loading import Predictions, Predictor, load
     from fuse_export.compare.bench import BenchOptions, BenchResult
     from fuse_export.compare.parity import ParityResult
     from fuse_export.errors import IntegrityError, ParityError, UnverifiedArtifactWarning, UserError
-    from fuse_export.export.options import ExportOptions, VerifyOptions
-    from fuse_export.pipeline import Manifest, bench, export, train
+    from fuse_export.exporters.options import ExportOptions, VerifyOptions
+    from fuse_export.app.api import Manifest, bench, export, train
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fuse_export' has no attribute {name!r}")
-    if name in ("train", "export"):  # also subpackages: the package module is callable (see _callable.py)
-        return importlib.import_module(f"fuse_export.{name}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value

@@ -24,6 +24,8 @@ from fuse_export.errors import DataError, InputError
 
 # Pillow's own default limit (about 89.5 Mpx, a 1 GB RGBA image): beyond it a file is refused as a possible
 # decompression bomb. Checked here too, so the guard holds even where Image.MAX_IMAGE_PIXELS was disabled.
+# The file suffixes read as images wherever a folder is scanned (data sets, calibration, predict).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 # What a transparent pixel shows through: a white page, as image viewers and browsers show it.
 ALPHA_BACKGROUND = (255, 255, 255)

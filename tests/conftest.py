@@ -11,7 +11,8 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small FER-2013-format CSV of synthetic faces (7 x 40 rows)."""
-    from fuse_export.data.synthetic import SyntheticSpec, write_fer2013_csv
+    from fuse_export.data.synthetic import SyntheticSpec
+    from fuse_export.data.synthetic_csv import write_fer2013_csv
 
     path = tmp_path_factory.mktemp("data") / "fer2013.csv"
     write_fer2013_csv(path, SyntheticSpec(samples_per_class=40, seed=3))
@@ -21,8 +22,8 @@ def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_csv: Path, tmp_path_factory: pytest.TempPathFactory):
     """A fused model trained for 2 epochs at 40x40 on `tiny_csv` (seconds on CPU)."""
-    from fuse_export.train.recipe import load_recipe
-    from fuse_export.train.trainer import run_training
+    from fuse_export.training.recipe import load_recipe
+    from fuse_export.training.trainer import run_training
 
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "synthetic-quick.toml").replace(
         data={"image_size": 40}, train={"epochs": 2, "batch_size": 32}, scn={"relabel_epoch": 2})
@@ -32,8 +33,8 @@ def tiny_run(tiny_csv: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_export(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """TorchScript + ONNX exports of `tiny_run`'s best checkpoint, with manifest.json."""
-    from fuse_export.export.formats import FORMATS
-    from fuse_export.workflow import export_checkpoint
+    from fuse_export.exporters.formats import FORMATS
+    from fuse_export.app.export_verify import export_checkpoint
 
     out = tmp_path_factory.mktemp("export")
     export_checkpoint(tiny_run.best, [FORMATS["torchscript"], FORMATS["onnx"]], out)
@@ -44,9 +45,9 @@ def tiny_export(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pt2_export(tiny_export: Path, tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`tiny_export` plus an AOTInductor package (model.pt2) in one folder: the one pt2 compile of a session."""
     from fuse_export.errors import BackendUnavailable
-    from fuse_export.export.formats import FORMATS
-    from fuse_export.export.to_pt2 import find_cpp_compiler
-    from fuse_export.workflow import export_checkpoint
+    from fuse_export.exporters.formats import FORMATS
+    from fuse_export.exporters.to_pt2 import find_cpp_compiler
+    from fuse_export.app.export_verify import export_checkpoint
 
     try:
         find_cpp_compiler()

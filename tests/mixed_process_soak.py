@@ -30,7 +30,7 @@ def train_steps(checkpoint: Path, steps: int, size: int) -> None:
     """A few optimizer steps on the checkpoint's model: torch's autograd and OpenMP pool at work."""
     import torch
 
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     model = load_model(checkpoint).model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -55,7 +55,7 @@ def main() -> int:
     import fuse_export as fx
     from fuse_export.contract import Preprocessing
     from fuse_export.cpuinfo import cpu_features
-    from fuse_export.export.to_openvino import export_openvino, import_openvino
+    from fuse_export.exporters.to_openvino import export_openvino, import_openvino
     from fuse_export.runners import openvino_runner
     from fuse_export.runners.registry import BACKENDS
 

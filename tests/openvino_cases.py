@@ -27,8 +27,8 @@ needs_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has neither AV
 @pytest.fixture(scope="module")
 def ov_export(tiny_run, tiny_csv, tmp_path_factory) -> Path:
     """fp32 and int8 IRs (and the ONNX files they come from) of the tiny model, verified, with manifest."""
-    from fuse_export.export.formats import parse_formats
-    from fuse_export.workflow import export_checkpoint
+    from fuse_export.exporters.formats import parse_formats
+    from fuse_export.app.export_verify import export_checkpoint
 
     out = tmp_path_factory.mktemp("ov") / "export"
     export_checkpoint(tiny_run.best, parse_formats("openvino"), out, precisions=["fp32", "int8"],
@@ -70,7 +70,7 @@ def test_ir_keeps_fp32_weights_and_carries_metadata_in_rt_info(ov_export):
     io = json.loads(model.get_rt_info(["fuse_export", "io"]).astype(str))
     assert [o["name"] for o in io["outputs"]] == ["logits", "probabilities", "confidence"]
     assert model.get_rt_info(["fuse_export", "fuse_export_version"]).astype(str)
-    from fuse_export.export.to_openvino import read_openvino_metadata
+    from fuse_export.exporters.to_openvino import read_openvino_metadata
 
     assert read_openvino_metadata(ov_export / "model.xml")["preprocessing"] == pre
 
@@ -225,7 +225,7 @@ def test_triton_repo_serves_ir_with_the_openvino_backend(ov_export, tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from fuse_export.triton_repo import build_triton_repo
+    from fuse_export.deploy.triton_repo import build_triton_repo
 
     result = build_triton_repo(ov_export, tmp_path / "repo")
     models = {m.name: m for m in result.models}
@@ -239,8 +239,8 @@ def test_triton_repo_serves_ir_with_the_openvino_backend(ov_export, tmp_path):
 
 
 def test_export_refuses_what_openvino_cannot_take(tiny_run, tmp_path):
-    from fuse_export.export.formats import parse_formats
-    from fuse_export.workflow import export_checkpoint
+    from fuse_export.exporters.formats import parse_formats
+    from fuse_export.app.export_verify import export_checkpoint
 
     with pytest.raises(UserError, match="--precision fp16 does not apply to format 'openvino'"):
         export_checkpoint(tiny_run.best, parse_formats("ov"), tmp_path / "x", precisions=["fp16"])

@@ -13,7 +13,8 @@ import pytest
 @pytest.fixture(scope="module")
 def faces_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Test input: a small FER-2013-layout CSV of generated faces (10 per class)."""
-    from fuse_export.data.synthetic import SyntheticSpec, write_fer2013_csv
+    from fuse_export.data.synthetic import SyntheticSpec
+    from fuse_export.data.synthetic_csv import write_fer2013_csv
 
     path = tmp_path_factory.mktemp("api-data") / "faces.csv"
     write_fer2013_csv(path, SyntheticSpec(samples_per_class=10, seed=5))

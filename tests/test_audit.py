@@ -54,9 +54,10 @@ def noisy_run(tmp_path_factory: pytest.TempPathFactory):
     """A small, easy synthetic set with NOISE_RATE of its training labels flipped, and a model trained on it."""
     from fuse_export.data.fer2013 import load_fer2013_csv
     from fuse_export.data.noise import inject_symmetric_noise
-    from fuse_export.data.synthetic import SyntheticSpec, write_fer2013_csv
-    from fuse_export.train.recipe import load_recipe
-    from fuse_export.train.trainer import run_training
+    from fuse_export.data.synthetic import SyntheticSpec
+    from fuse_export.data.synthetic_csv import write_fer2013_csv
+    from fuse_export.training.recipe import load_recipe
+    from fuse_export.training.trainer import run_training
 
     root = tmp_path_factory.mktemp("audit")
     clean = root / "clean.csv"
@@ -186,8 +187,8 @@ def test_fold_assignment_is_stratified_and_complete():
 
 
 def test_training_records_label_margins_for_every_training_sample(noisy_run):
-    from fuse_export.train.checkpoint import read_checkpoint
-    from fuse_export.train.dynamics import TrainingDynamics
+    from fuse_export.training.checkpoint import read_checkpoint
+    from fuse_export.training.dynamics import TrainingDynamics
 
     checkpoint, data, flipped = noisy_run
     state = read_checkpoint(checkpoint)
@@ -219,7 +220,7 @@ def test_audit_methods_and_their_errors(noisy_run, tmp_path: Path):
     val = runner.invoke(app, ["audit-labels", str(checkpoint), "--data", str(data), "--split", "val", "--method",
                               "aum", "--device", "cpu"])
     assert val.exit_code == 2 and "train split only" in val.output
-    from fuse_export.train.checkpoint import read_checkpoint
+    from fuse_export.training.checkpoint import read_checkpoint
 
     state = read_checkpoint(checkpoint)
     del state["training_dynamics"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fuse_export.model.fused import ExportView
-from fuse_export.train.checkpoint import load_model
+from fuse_export.training.checkpoint import load_model
 
 # The build itself takes 10-20 s on 2 cores, on top of the session's pt2 compile.
 pytestmark = pytest.mark.slow

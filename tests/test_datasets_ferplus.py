@@ -9,7 +9,7 @@ from miniature_sets import gray, write_ferplus
 from fuse_export.data.ferplus import load_ferplus, majority_labels, soft_targets
 from fuse_export.data.registry import load_dataset
 from fuse_export.errors import DataError
-from fuse_export.train.loop import LabelState
+from fuse_export.training.loop import LabelState
 
 CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 

@@ -21,8 +21,8 @@ from miniature_sets import (
 from typer.testing import CliRunner
 
 from fuse_export.cli import app
-from fuse_export.model.weights import IMAGENET_FILE, IMAGENET_SHA256_ENV, IMAGENET_URL_ENV, OFFLINE_ENV
-from fuse_export.train.checkpoint import read_checkpoint
+from fuse_export.model.weights_fetch import IMAGENET_FILE, IMAGENET_SHA256_ENV, IMAGENET_URL_ENV, OFFLINE_ENV
+from fuse_export.training.checkpoint import read_checkpoint
 
 
 def train(recipe: Path, data: Path, out: Path, *extra: str) -> dict:

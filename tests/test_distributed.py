@@ -33,10 +33,10 @@ from fuse_export.contract import Preprocessing
 from fuse_export.data.base import Split
 from fuse_export.data.fer2013 import load_fer2013_csv
 from fuse_export.data.transforms import train_transform
-from fuse_export.train.build import holdout_split
-from fuse_export.train.distributed import DistContext
-from fuse_export.train.loaders import train_loader
-from fuse_export.train.recipe import Recipe, load_recipe
+from fuse_export.training.build import holdout_split
+from fuse_export.training.distributed import DistContext
+from fuse_export.training.loaders import train_loader
+from fuse_export.training.recipe import Recipe, load_recipe
 
 ROOT = Path(__file__).parents[1]
 
@@ -110,9 +110,9 @@ def _collectives_worker(rank: int, port: int, out: str) -> None:
     from torch import nn
 
     from fuse_export.errors import RecipeError
-    from fuse_export.train.distributed import (all_gather_cat, all_gather_object, all_reduce, broadcast_module,
+    from fuse_export.training.distributed import (all_gather_cat, all_gather_object, all_reduce, broadcast_module,
                                                broadcast_object, check_batch_split, setup, teardown)
-    from fuse_export.train.loop import LabelState, gather_decisions
+    from fuse_export.training.loop import LabelState, gather_decisions
 
     _join_as_torchrun_would(rank, 2, port)
     ctx = setup("cpu")
@@ -160,7 +160,7 @@ def test_collectives_give_every_rank_the_same_global_state(tmp_path):
 
 def _ranking_worker(rank: int, port: int, out: str) -> None:
     from fuse_export.model.scn import local_low_mask, rank_regularization
-    from fuse_export.train.distributed import gather_keeping_grad, setup, teardown
+    from fuse_export.training.distributed import gather_keeping_grad, setup, teardown
 
     _join_as_torchrun_would(rank, 2, port)
     ctx = setup("cpu")
@@ -204,7 +204,7 @@ RANKED_N, RANKED_BATCH, RANKED_SEED = 32, 16, 4
 def _ranked_recipe() -> Recipe:
     """Trunk frozen (BatchNorm in eval: no per-rank statistics), no dropout, relabeling within the low group from
     the first epoch, rank regularization at its default margin (active: these alphas lie within 0.05)."""
-    from fuse_export.train.recipe import recipe_from_dict
+    from fuse_export.training.recipe import recipe_from_dict
 
     return recipe_from_dict({"model": {"dcnn_hidden": [8], "dcnn_dropout": 0.0},
                              "train": {"epochs": 1, "batch_size": RANKED_BATCH, "freeze_backbone_epochs": 1,
@@ -227,9 +227,9 @@ def _ranked_model():
 
 def _ranked_epoch(case: str, ctx: DistContext) -> dict:
     """One epoch of the real loop (two steps of the global batch) from the saved weights, on this rank's share."""
-    from fuse_export.train.build import make_optimizer, training_network
-    from fuse_export.train.loop import LabelState, train_one_epoch
-    from fuse_export.train.speed import make_precision
+    from fuse_export.training.build import make_optimizer, training_network
+    from fuse_export.training.loop import LabelState, train_one_epoch
+    from fuse_export.training.speed import make_precision
 
     recipe = _ranked_recipe()
     data = np.load(Path(case) / "split.npz")
@@ -249,7 +249,7 @@ def _ranked_epoch(case: str, ctx: DistContext) -> dict:
 
 
 def _ranked_worker(rank: int, port: int, case: str) -> None:
-    from fuse_export.train.distributed import setup, teardown
+    from fuse_export.training.distributed import setup, teardown
 
     _join_as_torchrun_would(rank, 2, port)
     ctx = setup("cpu")
@@ -331,7 +331,7 @@ def test_training_loop_ranks_the_global_batch_in_two_processes_as_in_one(tmp_pat
 
 
 def _train_worker(rank: int, port: int, data: str, out: str, recipe: Recipe) -> None:
-    from fuse_export.train.trainer import run_training
+    from fuse_export.training.trainer import run_training
 
     _join_as_torchrun_would(rank, 2, port)
     res = run_training(recipe, data, out, device="cpu", progress=False)
@@ -349,7 +349,7 @@ def two_process_run(noisy_bars, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_process_run(noisy_bars, tmp_path_factory):
-    from fuse_export.train.trainer import run_training
+    from fuse_export.training.trainer import run_training
 
     return run_training(bars_recipe(), str(noisy_bars[0]), tmp_path_factory.mktemp("single"), device="cpu",
                         progress=False)
@@ -406,7 +406,7 @@ def test_two_processes_and_one_reach_the_same_relabel_decisions(two_process_run,
 @pytest.mark.slow  # a 1-process and a 2-process training run
 def test_frozen_trunk_one_and_two_processes_end_with_the_same_relabels_and_weights(noisy_bars, tmp_path):
     """Same global batches, groups over the global batch: the same relabels each epoch and the same weights."""
-    from fuse_export.train.trainer import run_training
+    from fuse_export.training.trainer import run_training
 
     recipe = frozen_bars_recipe()
     mp.spawn(_train_worker, args=(_free_port(), str(noisy_bars[0]), str(tmp_path / "two" / "out"), recipe), nprocs=2)
@@ -431,7 +431,7 @@ def test_frozen_trunk_one_and_two_processes_end_with_the_same_relabels_and_weigh
 def test_sync_bn_is_refused_on_the_cpu_with_one_line(tmp_path):
     from fuse_export.errors import RecipeError
     from fuse_export.model.fused import FusedFER, ModelConfig
-    from fuse_export.train.build import training_network
+    from fuse_export.training.build import training_network
 
     model = FusedFER(ModelConfig(num_classes=3))
     with pytest.raises(RecipeError, match="train.sync_bn needs CUDA devices"):

@@ -15,10 +15,10 @@ from fuse_export.cli import app
 from fuse_export.data.fer2013 import load_fer2013_csv
 from fuse_export.data.transforms import eval_pixels_transform, eval_transform
 from fuse_export.errors import InputError
-from fuse_export.export.to_torchscript import load_torchscript
+from fuse_export.exporters.to_torchscript import load_torchscript
 from fuse_export.model.fused import ExportView
 from fuse_export.runners.ort_runner import OnnxRuntimeRunner
-from fuse_export.train.checkpoint import load_model
+from fuse_export.training.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")

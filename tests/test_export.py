@@ -10,12 +10,12 @@ from typer.testing import CliRunner
 
 from fuse_export.cli import app
 from fuse_export.compare import parity
-from fuse_export.export.formats import FORMATS, parse_formats
+from fuse_export.exporters.formats import FORMATS, parse_formats
 from fuse_export.errors import ExportError, UserError
 from fuse_export.fileio import sha256_file
 from fuse_export.model.fused import ExportView
-from fuse_export.train.checkpoint import load_model
-from fuse_export.workflow import export_checkpoint
+from fuse_export.training.checkpoint import load_model
+from fuse_export.app.export_verify import export_checkpoint
 
 
 def test_manifest_lists_every_artifact_with_hash_and_contract(tiny_export, tiny_run):

@@ -12,7 +12,7 @@ from fuse_export.contract import Preprocessing
 from fuse_export.data.base import Split, open_image
 from fuse_export.data.transforms import (eval_pixels_transform, eval_transform, train_crop_scale, train_transform)
 from fuse_export.model.fused import ExportView, FusedFER, ModelConfig, luma
-from fuse_export.train.checkpoint import read_checkpoint
+from fuse_export.training.checkpoint import read_checkpoint
 
 
 def _photo(w: int = 90, h: int = 60, seed: int = 0) -> Image.Image:
@@ -217,8 +217,8 @@ def test_image_folder_sets_decode_every_kind_of_file_exactly_as_predict(tmp_path
     the same files: max |diff| 0."""
     from fuse_export.data.image_folder import load_image_folder
     from fuse_export.preprocess import preprocess
-    from fuse_export.train.distributed import DistContext
-    from fuse_export.train.loaders import eval_loader
+    from fuse_export.training.distributed import DistContext
+    from fuse_export.training.loaders import eval_loader
 
     root = tmp_path / "faces"
     kinds = _awkward_files(root / "train" / "happy")
@@ -262,7 +262,7 @@ def test_data_sets_carry_their_colour_mode_into_the_checkpoint(tiny_run, tiny_cs
 
     from fuse_export.data.fer2013 import load_fer2013_csv
     from fuse_export.data.image_folder import load_image_folder
-    from fuse_export.train.recipe import DataSection
+    from fuse_export.training.recipe import DataSection
 
     pre = read_checkpoint(tiny_run.best)["preprocessing"]
     assert pre["color_mode"] == "gray"  # the synthetic faces are a FER-2013 CSV: gray
@@ -283,7 +283,7 @@ def test_data_sets_carry_their_colour_mode_into_the_checkpoint(tiny_run, tiny_cs
 
 def test_calibration_and_verification_images_are_decoded_upright(tmp_path):
     """int8 calibration reads folders with the deployment decoder too: a phone photo's orientation tag counts."""
-    from fuse_export.export.calibration import load_calibration
+    from fuse_export.exporters.calibration import load_calibration
 
     upright = _photo(40, 60)
     (tmp_path / "phone").mkdir()

@@ -16,12 +16,12 @@ from fuse_export.data.transforms import train_transform
 from fuse_export.errors import RecipeError
 from fuse_export.model.fused import FusedFER, HeadOutputs, ModelConfig
 from fuse_export.model.stacker import Stacker, fit_stacker
-from fuse_export.train.build import build_model, make_optimizer, training_network
-from fuse_export.train.distributed import DistContext
-from fuse_export.train.loaders import train_loader
-from fuse_export.train.loop import LabelState, train_one_epoch
-from fuse_export.train.recipe import SCNSection, TrainSection, load_recipe, recipe_from_dict
-from fuse_export.train.speed import make_precision
+from fuse_export.training.build import build_model, make_optimizer, training_network
+from fuse_export.training.distributed import DistContext
+from fuse_export.training.loaders import train_loader
+from fuse_export.training.loop import LabelState, train_one_epoch
+from fuse_export.training.recipe import SCNSection, TrainSection, load_recipe, recipe_from_dict
+from fuse_export.training.speed import make_precision
 
 ROOT = Path(__file__).parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from fuse_export.cli import app
 from fuse_export.errors import CheckpointError
 from fuse_export.model.backbone import ResNet18Trunk
-from fuse_export.model.weights import (IMAGENET_SHA256_ENV, IMAGENET_URL_ENV, KNOWN_SHA256, OFFLINE_ENV,
-                                       load_backbone_weights)
+from fuse_export.model.weights import load_backbone_weights
+from fuse_export.model.weights_fetch import IMAGENET_SHA256_ENV, IMAGENET_URL_ENV, KNOWN_SHA256, OFFLINE_ENV
 
 
 def _weights_bytes() -> tuple[bytes, dict[str, torch.Tensor]]:

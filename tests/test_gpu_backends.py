@@ -46,7 +46,7 @@ def test_torch_compile_reduce_overhead_matches_eager(tiny_export):
 
 def test_cuda_graph_replay_equals_eager_cuda_across_batch_sizes(tiny_export, tiny_run):
     from fuse_export.runners.cuda_runners import TorchCudaRunner
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     pre = load_model(tiny_run.best).preprocessing
     x = eval_inputs(pre, None, 40).float_nchw
@@ -63,7 +63,7 @@ def test_cuda_graph_replay_equals_eager_cuda_across_batch_sizes(tiny_export, tin
 def test_gpu_timing_modes_are_recorded(tiny_run):
     from fuse_export.compare.gpu_timing import TIMING_MODES, measure_cuda
     from fuse_export.runners.cuda_runners import TorchCudaRunner
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     pre = load_model(tiny_run.best).preprocessing
     x = eval_inputs(pre, None, 4).float_nchw
@@ -80,7 +80,7 @@ def test_fp32_cuda_matches_cpu_eager_to_1e4_without_tf32(tiny_run):
 
     from fuse_export.runners.cuda_runners import TorchCudaRunner
     from fuse_export.runners.torch_runners import EagerRunner
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     pre = load_model(tiny_run.best).preprocessing
     x = eval_inputs(pre, None, 64).float_nchw
@@ -99,7 +99,7 @@ def test_settings_are_restored_when_loading_fails_and_cuda_needs_no_index(tmp_pa
     import torch
 
     from fuse_export.runners.cuda_runners import TorchCudaRunner
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     pre = load_model(tiny_run.best).preprocessing
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
@@ -119,7 +119,7 @@ def test_gpu_check_backend_job_checks_parity_at_every_timed_shape(tmp_path, tiny
     compared with the eager fp32 CPU reference, then interleaved repeats."""
     sys.path.insert(0, str(ROOT))  # benchmarks/ is not an installed package
     from benchmarks.gpu.jobs import State, time_backend
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     _usable("pytorch-cuda-graph-fp16")
     pre = load_model(tiny_run.best).preprocessing
@@ -144,7 +144,7 @@ def test_plain_resnet18_baseline_runs_with_its_numerics_recorded(tiny_run):
 
     sys.path.insert(0, str(ROOT))
     from benchmarks.gpu.baseline import VARIANTS, PlainResNet18Runner
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     pre = load_model(tiny_run.best).preprocessing
     x = torch.randn(4, 3, pre.image_size, pre.image_size, device="cuda")

@@ -102,7 +102,7 @@ def test_default_backends_here_are_the_cpu_ones_and_cuda_runners_refuse_with_rea
     assert {b.key for b in parse_backends("pytorch,pytorch-cuda")} == {"pytorch", "pytorch-cuda"}
     from fuse_export.compare.gpu_timing import check_mode
     from fuse_export.runners.cuda_runners import TorchCudaRunner
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     pre = load_model(tiny_run.best).preprocessing
     runner = TorchCudaRunner(tiny_run.best, pre, precision="fp16")  # constructing imports nothing, needs no GPU
@@ -120,7 +120,7 @@ def test_batchnorm_folding_for_the_cuda_runners_is_exact(tiny_run):
 
     from fuse_export.model.fused import ExportView
     from fuse_export.runners.cuda_runners import fold_batchnorm
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     model = load_model(tiny_run.best).model  # trained: running statistics are not the identity
     folded = copy.deepcopy(model)

@@ -234,7 +234,7 @@ def edited_torchscript(w: World, d: Path) -> list[str]:
     """model.torchscript replaced by code returning confidence 118 (metadata kept, manifest hash updated)."""
     import torch
 
-    from fuse_export.export.to_torchscript import METADATA_FILE
+    from fuse_export.exporters.to_torchscript import METADATA_FILE
 
     e = copy_export(w, d)
     meta = {METADATA_FILE: ""}
@@ -859,11 +859,12 @@ def test_load_refuses_thread_counts_out_of_range(world: World) -> None:
 
 def build_world(root: Path) -> World:
     """A tiny model from scratch (for the script): 7x40 faces, 1 epoch at 40x40, TorchScript + ONNX."""
-    from fuse_export.data.synthetic import SyntheticSpec, write_fer2013_csv
-    from fuse_export.export.formats import FORMATS
-    from fuse_export.train.recipe import load_recipe
-    from fuse_export.train.trainer import run_training
-    from fuse_export.workflow import export_checkpoint
+    from fuse_export.data.synthetic import SyntheticSpec
+    from fuse_export.data.synthetic_csv import write_fer2013_csv
+    from fuse_export.exporters.formats import FORMATS
+    from fuse_export.training.recipe import load_recipe
+    from fuse_export.training.trainer import run_training
+    from fuse_export.app.export_verify import export_checkpoint
 
     csv = root / "fer2013.csv"
     write_fer2013_csv(csv, SyntheticSpec(samples_per_class=40, seed=3))

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuse_export.errors import RecipeError
-from fuse_export.train.recipe import Recipe, load_recipe, recipe_from_dict
+from fuse_export.training.recipe import Recipe, load_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = load_recipe(ROOT / "recipes" / "synthetic-quick.toml")
@@ -62,7 +62,7 @@ def one_step(r: Recipe) -> None:
     the stacker's L-BFGS capped at 50 iterations)."""
     from fuse_export.model.scn import rank_regularization
     from fuse_export.model.stacker import fit_stacker
-    from fuse_export.train.build import build_model, make_optimizer
+    from fuse_export.training.build import build_model, make_optimizer
 
     torch.manual_seed(r.train.seed % 2**31)
     model = build_model(r, 7, log=lambda *_: None)

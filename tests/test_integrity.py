@@ -13,10 +13,11 @@ import pytest
 
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import IntegrityError, UserError
-from fuse_export.export.manifest import read_manifest, staged_export, verify_artifact, write_manifest
+from fuse_export.exporters.manifest import staged_export, write_manifest
+from fuse_export.exporters.manifest_read import read_manifest, verify_artifact
 from fuse_export.fileio import (atomic_open, process_umask, remove_stale_siblings, sha256_file, stage_dir,
                                 swap_dir, write_json)
-from fuse_export.triton_repo import build_triton_repo
+from fuse_export.deploy.triton_repo import build_triton_repo
 
 
 @pytest.fixture()
@@ -206,8 +207,8 @@ def test_a_listed_file_that_is_gone_fails_verification_and_is_skipped_without_it
 def test_class_names_come_from_a_place_a_hash_covers(export_copy):
     """Embedded metadata wins over manifest.json's text; a format that embeds none (TensorRT) takes the manifest's
     preprocessing only when it matches the entry's preprocessing_sha256."""
-    from fuse_export.export.embedded import trusted_preprocessing
-    from fuse_export.export.manifest import preprocessing_sha256
+    from fuse_export.exporters.embedded import trusted_preprocessing
+    from fuse_export.exporters.manifest import preprocessing_sha256
 
     m = read_manifest(export_copy)
     pre = Preprocessing.from_dict(m["preprocessing"])
@@ -236,7 +237,7 @@ def test_csv_with_a_byte_order_mark_loads(tiny_csv, tmp_path):
 def test_refused_loads_never_advise_weights_only_false(tmp_path):
     from fuse_export.errors import CheckpointError
     from fuse_export.model.weights import read_state_dict
-    from fuse_export.train.checkpoint import read_checkpoint
+    from fuse_export.training.checkpoint import read_checkpoint
 
     (tmp_path / "rand.pt").write_bytes(os.urandom(4096))
     (tmp_path / "empty.pt").write_bytes(b"")
@@ -251,8 +252,8 @@ def test_export_refuses_another_checkpoint_then_force_replaces(tiny_run, tmp_pat
     """Through the real exporter: a re-export of another checkpoint is refused, --force swaps the folder."""
     import torch
 
-    from fuse_export.export.formats import FORMATS
-    from fuse_export.workflow import export_checkpoint
+    from fuse_export.exporters.formats import FORMATS
+    from fuse_export.app.export_verify import export_checkpoint
 
     state = torch.load(tiny_run.best, weights_only=True)
     key = next(k for k, v in state["model"].items() if v.is_floating_point())
@@ -273,7 +274,7 @@ def test_export_refuses_another_checkpoint_then_force_replaces(tiny_run, tmp_pat
 
 def test_a_second_training_into_a_busy_run_folder_is_refused(tmp_path):
     from fuse_export.fileio import try_lock
-    from fuse_export.train.checkpoint import run_folder
+    from fuse_export.training.checkpoint import run_folder
 
     (tmp_path / ".last.pt.abc.tmp").write_bytes(b"being written by the first run")
     fd = try_lock(tmp_path)  # the first run holds the folder

@@ -67,7 +67,7 @@ def _run_watch(argv: list[str], parent: Path, name: str, kill_after_stage: float
 
 def export_state(out: Path, old_sha: str, new_sha: str) -> str:
     """old / new / absent, or BROKEN with the reason."""
-    from fuse_export.export.manifest import read_manifest
+    from fuse_export.exporters.manifest_read import read_manifest
 
     if not out.exists():
         return "absent"

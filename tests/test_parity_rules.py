@@ -108,7 +108,7 @@ def test_tolerance_overrides_are_recorded_and_real_images_are_the_default(tiny_r
 def test_noise_only_with_a_warning_when_the_training_data_is_gone(tiny_run, tmp_path):
     import torch
 
-    from fuse_export.train.checkpoint import read_checkpoint
+    from fuse_export.training.checkpoint import read_checkpoint
 
     state = read_checkpoint(tiny_run.best)
     state["recipe"]["data"]["path"] = str(tmp_path / "moved-away.csv")

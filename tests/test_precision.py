@@ -23,13 +23,13 @@ from fuse_export.cpuinfo import parse_cpuinfo
 from fuse_export.data.fer2013 import load_fer2013_csv
 from fuse_export.data.transforms import eval_transform
 from fuse_export.errors import DataError, UserError
-from fuse_export.export.formats import FORMATS, artifact_file
-from fuse_export.export.calibration import load_calibration
-from fuse_export.export.int8_weights import WEIGHT_RANGES, int8_weight_range
-from fuse_export.export.onnx_precision import head_nodes, quantize_int8
+from fuse_export.exporters.formats import FORMATS, artifact_file
+from fuse_export.exporters.calibration import load_calibration
+from fuse_export.exporters.int8_weights import WEIGHT_RANGES, int8_weight_range
+from fuse_export.exporters.onnx_precision import head_nodes, quantize_int8
 from fuse_export.fileio import sha256_file
 from fuse_export.model.fused import ExportView
-from fuse_export.train.checkpoint import load_model
+from fuse_export.training.checkpoint import load_model
 
 CALIBRATION_SAMPLES = 96
 

@@ -15,7 +15,7 @@ from fuse_export.data.synthetic import SyntheticSpec, generate_faces
 from fuse_export.data.transforms import eval_transform
 from fuse_export.errors import BackendUnavailable
 from fuse_export.model.fused import ExportView
-from fuse_export.train.checkpoint import load_model
+from fuse_export.training.checkpoint import load_model
 
 # Faces without occluders: index 0 is found by the cascade once drawn 200 px wide (checked below, and the
 # cascade found 66 of 70 such faces when this test was written).

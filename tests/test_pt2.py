@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 from fuse_export.cli import app
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import BackendUnavailable, InputError, UserError
-from fuse_export.export.formats import FORMATS, parse_formats
+from fuse_export.exporters.formats import FORMATS, parse_formats
 from fuse_export.fileio import sha256_file
 from fuse_export.model.fused import ExportView
 from fuse_export.runners.registry import BACKENDS
-from fuse_export.train.checkpoint import load_model
-from fuse_export.workflow import export_checkpoint
+from fuse_export.training.checkpoint import load_model
+from fuse_export.app.export_verify import export_checkpoint
 
 
 # These share the session's one AOTInductor compile (`pt2_export`), 20-35 s on 2 cores.
@@ -120,7 +120,7 @@ def test_missing_compiler_is_a_clear_error_and_leaves_nothing(tiny_run, tmp_path
 
 @needs_pt2
 def test_corrupt_package_is_a_user_error(pt2_export, tmp_path):
-    from fuse_export.export.to_pt2 import load_pt2
+    from fuse_export.exporters.to_pt2 import load_pt2
 
     bad = tmp_path / "model.pt2"
     bad.write_bytes((pt2_export / "model.pt2").read_bytes()[:4096])

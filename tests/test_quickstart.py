@@ -20,7 +20,7 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
         assert (out / rel).is_file(), rel
     doc = json.loads((out / "bench.json").read_text())
     ran = {r["backend"] for r in doc["rows"] if r["status"] == "ok"}  # the others: skipped, no artifact
-    from fuse_export.quickstart import quick_backends, quick_formats
+    from fuse_export.app.quickstart import quick_backends, quick_formats
 
     expected = set(quick_backends(quick_formats()))
     assert {"pytorch", "torchscript", "onnxruntime"} <= expected

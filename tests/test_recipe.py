@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fuse_export.errors import RecipeError
-from fuse_export.train.recipe import Recipe, load_recipe
+from fuse_export.training.recipe import Recipe, load_recipe
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
 
@@ -60,7 +60,7 @@ class _Params(torch.nn.Module):
 def trunk_lr_by_epoch(recipe: Recipe) -> list[float]:
     """The trunk's learning rate in epochs 1..train.epochs, from the trainer's own scheduler (stepped once after
     every epoch, frozen epochs included, as the trainer does)."""
-    from fuse_export.train.build import make_optimizer
+    from fuse_export.training.build import make_optimizer
 
     optimizer, scheduler = make_optimizer(_Params(), recipe)  # type: ignore[arg-type]
     rates = []

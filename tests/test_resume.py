@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from fuse_export.errors import CheckpointError
-from fuse_export.train.checkpoint import read_checkpoint, remove_stale_temporaries
-from fuse_export.train.recipe import Recipe, load_recipe
-from fuse_export.train.trainer import run_training
+from fuse_export.training.checkpoint import read_checkpoint, remove_stale_temporaries
+from fuse_export.training.recipe import Recipe, load_recipe
+from fuse_export.training.trainer import run_training
 
 ROOT = Path(__file__).parents[1]
 TIMING = {"seconds", "images_per_s"}  # wall-clock figures: the only things allowed to differ
@@ -122,7 +122,7 @@ def test_tensorboard_events_hold_the_epoch_metrics(straight):
 def test_a_failed_save_keeps_the_previous_checkpoint(tiny_run, tmp_path, monkeypatch):
     import shutil
 
-    from fuse_export.train import checkpoint
+    from fuse_export.training import checkpoint
 
     last = tmp_path / "last.pt"
     shutil.copy(tiny_run.last, last)
@@ -150,7 +150,7 @@ def test_a_killed_save_leaves_the_real_name_intact(tiny_run, tmp_path):
     before = last.read_bytes()
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from fuse_export.train import checkpoint
+        from fuse_export.training import checkpoint
         loaded = checkpoint.load_model({str(last)!r})
         def killed(obj, f, *a, **k):
             f.write(b"PK\\x03\\x04 partial")

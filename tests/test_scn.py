@@ -17,10 +17,10 @@ from fuse_export.data.torchdata import SplitDataset
 from fuse_export.data.transforms import eval_transform
 from fuse_export.model.fused import ExportView, FusedFER, ModelConfig
 from fuse_export.model.scn import rank_regularization, relabel, split_by_importance
-from fuse_export.train.distributed import DistContext
-from fuse_export.train.loop import LabelState, train_one_epoch
-from fuse_export.train.recipe import SCNSection, TrainSection
-from fuse_export.train.speed import make_precision
+from fuse_export.training.distributed import DistContext
+from fuse_export.training.loop import LabelState, train_one_epoch
+from fuse_export.training.recipe import SCNSection, TrainSection
+from fuse_export.training.speed import make_precision
 
 # Ten alphas; with beta 0.7 the high group is the top int(10 * 0.7) = 7: .9 .8 .7 .6 .5 .4 .35,
 # the low group indices 7, 1, 3 (alphas .3 .2 .1).

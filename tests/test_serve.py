@@ -27,8 +27,8 @@ import pytest
 from PIL import Image
 
 from fuse_export.errors import BackendUnavailable, IntegrityError
-from fuse_export.serve import BYTES_MODEL, MODEL, Server, ServeOptions
-from fuse_export.serve_env import (check_serving_numpy, find_tritonserver, free_ports, physical_cores, runner_threads,
+from fuse_export.deploy.server import BYTES_MODEL, MODEL, Server, ServeOptions
+from fuse_export.deploy.environment import (check_serving_numpy, find_tritonserver, free_ports, physical_cores, runner_threads,
                                    server_environment, stub_library_dir)
 
 MAX_BATCH = 4
@@ -103,7 +103,7 @@ def test_tensor_requests_equal_the_in_process_runner(server: Server, conns, runn
 
 
 def test_image_bytes_equal_predict(server: Server, conns, tiny_export: Path, tmp_path: Path) -> None:
-    from fuse_export.predict import predict_photos
+    from fuse_export.inference.photos import predict_photos
 
     for orientation in (None, 6):  # 6: stored sideways, shown rotated; both paths must apply it
         path = tmp_path / f"face{orientation}.jpg"
@@ -173,7 +173,7 @@ def test_each_bad_request_errors_and_the_next_good_one_succeeds(server: Server, 
     images got HTTP 500). The next good request still succeeds."""
     from tritonclient.utils import InferenceServerException
 
-    from fuse_export.serve import PACKAGE_ROOT
+    from fuse_export.deploy.server import PACKAGE_ROOT
 
     size = server.selected.pre.image_size
     good = np.random.default_rng(1).normal(size=(2, 3, size, size)).astype(np.float32)
@@ -311,7 +311,7 @@ def test_second_serve_on_a_busy_port_fails_with_one_line(server: Server, tiny_ex
 def test_a_port_left_in_time_wait_by_a_stopped_server_counts_as_free() -> None:
     """Restarting `serve` on its ports right after a stop must work: only a live listener makes a port busy."""
     from fuse_export.errors import UserError
-    from fuse_export.serve_env import check_ports_free
+    from fuse_export.deploy.environment import check_ports_free
 
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]

@@ -103,7 +103,7 @@ def _toy_onnx(path: Path, softmax: bool, size: int = 32) -> Preprocessing:
     import onnx
     from onnx import TensorProto, helper
 
-    from fuse_export.export.metadata import artifact_metadata
+    from fuse_export.exporters.metadata import artifact_metadata
 
     pre = Preprocessing(image_size=size, color_mode="gray", geometry="squash")
     w = np.random.default_rng(0).normal(0, 3, (3, 7)).astype(np.float32)
@@ -140,7 +140,7 @@ def test_a_bare_onnx_file_runs_from_its_metadata_and_bad_outputs_are_refused(tmp
     # The metadata is read from the protobuf wire format: what onnx.load finds, without onnx (the slim install).
     import onnx
 
-    from fuse_export.export.metadata import read_onnx_metadata
+    from fuse_export.exporters.metadata import read_onnx_metadata
 
     props = {p.key: json.loads(p.value) for p in onnx.load(str(good)).metadata_props}
     monkeypatch.setitem(sys.modules, "onnx", None)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fuse_export.errors import RecipeError
-from fuse_export.train.recipe import load_recipe, recipe_from_dict
-from fuse_export.train.speed import make_precision
+from fuse_export.training.recipe import load_recipe, recipe_from_dict
+from fuse_export.training.speed import make_precision
 
 ROOT = Path(__file__).parents[1]
 
@@ -65,8 +65,8 @@ def test_throughput_benchmark_on_cuda():
 @pytest.mark.cuda
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_cuda_training_with_amp_channels_last_and_resume(tiny_csv, tmp_path, amp):
-    from fuse_export.train.checkpoint import read_checkpoint
-    from fuse_export.train.trainer import run_training
+    from fuse_export.training.checkpoint import read_checkpoint
+    from fuse_export.training.trainer import run_training
 
     recipe = load_recipe(ROOT / "recipes" / "synthetic-quick.toml").replace(
         data={"image_size": 48}, train={"epochs": 1, "batch_size": 32, "amp": amp, "channels_last": True,

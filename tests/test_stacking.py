@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fuse_export.model.stacker import Stacker, anchor_weights, fit_stacker
-from fuse_export.train.recipe import recipe_from_dict
+from fuse_export.training.recipe import recipe_from_dict
 from fuse_export.errors import RecipeError
-from fuse_export.train.stacking import choose_stacker, stratified_folds
+from fuse_export.training.stacking import choose_stacker, stratified_folds
 
 C = 7
 
@@ -147,8 +147,8 @@ def test_stacking_recipe_values_are_checked(table, message):
 def test_training_records_the_choice_and_its_printed_line_names_every_candidate(tiny_run):
     """summary.json and the checkpoint carry every candidate's cross-validated scores and the winner; the line
     `train` prints is made from that record."""
-    from fuse_export.train.checkpoint import read_checkpoint
-    from fuse_export.train.stacking import summary_line
+    from fuse_export.training.checkpoint import read_checkpoint
+    from fuse_export.training.stacking import summary_line
 
     summary = json.loads((tiny_run.out_dir / "summary.json").read_text())
     rec = summary["stacking"]

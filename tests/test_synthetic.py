@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fuse_export.data.synthetic import SyntheticSpec, generate_faces, write_fer2013_csv
+from fuse_export.data.synthetic import SyntheticSpec, generate_faces
+from fuse_export.data.synthetic_csv import write_fer2013_csv
 
 USAGES = {"Training", "PublicTest", "PrivateTest"}
 
@@ -186,12 +187,12 @@ def test_csv_rejects_bad_arguments(tmp_path):
 
 
 def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
-    import fuse_export.data.synthetic as synthetic
+    import fuse_export.data.synthetic_csv as synthetic_csv
 
     def boom(src, dst):
         raise OSError("simulated crash during rename")
 
-    monkeypatch.setattr(synthetic.os, "replace", boom)
+    monkeypatch.setattr(synthetic_csv.os, "replace", boom)
     with pytest.raises(OSError):
         write_fer2013_csv(tmp_path / "fer2013.csv", SyntheticSpec(samples_per_class=3))
     assert list(tmp_path.iterdir()) == []

@@ -41,10 +41,10 @@ def test_build_engine_fp32_raw_plan_sidecar_manifest_and_timing_cache_reuse(trt_
 
 
 def test_engine_runner_parity_graph_replay_and_profile_limits(trt_folder, tiny_run):
-    from fuse_export.engines import build_engine_file
+    from fuse_export.app.engines import build_engine_file
     from fuse_export.errors import InputError
     from fuse_export.runners.trt_runner import TensorRTRunner
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     build_engine_file(trt_folder / "model.onnx", batch="1:4:32")  # bench evaluates in chunks of 32
     pre = load_model(tiny_run.best).preprocessing
@@ -64,10 +64,10 @@ def test_engine_runner_parity_graph_replay_and_profile_limits(trt_folder, tiny_r
 
 
 def test_engine_from_another_trt_or_gpu_is_refused_with_rebuild(trt_folder, tiny_run):
-    from fuse_export.engines import build_engine_file
-    from fuse_export.export.trt_engine import EngineMismatch, sidecar_path
+    from fuse_export.app.engines import build_engine_file
+    from fuse_export.exporters.trt_engine import EngineMismatch, sidecar_path
     from fuse_export.runners.trt_runner import TensorRTRunner
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     result = build_engine_file(trt_folder / "model.onnx", verify=False)
     side = json.loads(sidecar_path(result.engine).read_text())
@@ -84,10 +84,10 @@ def test_engine_from_another_trt_or_gpu_is_refused_with_rebuild(trt_folder, tiny
 
 def test_fp16_and_int8_engines_per_major_version(trt_folder, tiny_run, tmp_path):
     from fuse_export.contract import Preprocessing
-    from fuse_export.engines import build_engine_file
-    from fuse_export.export.calibration import CalibrationSet, random_pixels
-    from fuse_export.export.onnx_precision import convert_fp16, quantize_int8
-    from fuse_export.export.trt_api import TrtApi
+    from fuse_export.app.engines import build_engine_file
+    from fuse_export.exporters.calibration import CalibrationSet, random_pixels
+    from fuse_export.exporters.onnx_precision import convert_fp16, quantize_int8
+    from fuse_export.exporters.trt_api import TrtApi
 
     api = TrtApi.installed()
     if api.has_precision_flags:  # TensorRT 10: an fp32 ONNX lowered with the FP16 flag, heads pinned to fp32
@@ -117,7 +117,7 @@ def test_export_format_tensorrt_builds_verifies_and_lists_the_engine(tiny_run, t
 def test_a_refused_timing_cache_is_replaced_not_silently_ignored(trt_folder, tmp_path):
     """set_timing_cache() returns False for a cache TensorRT will not take: the build starts a fresh one, says
     so, and writes the fresh cache over the bad file."""
-    from fuse_export.export.trt_engine import build_engine
+    from fuse_export.exporters.trt_build import build_engine
 
     bad = tmp_path / "timing.cache"
     bad.write_bytes(b"not a TensorRT timing cache" * 64)

@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from fuse_export.train.checkpoint import load_model, read_checkpoint
+from fuse_export.training.checkpoint import load_model, read_checkpoint
 
 class Evil:
     """An arbitrary object: loading a checkpoint must never unpickle one."""

@@ -8,9 +8,10 @@ from typer.testing import CliRunner
 from fuse_export.cli import app
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import IntegrityError, UserError
-from fuse_export.export.manifest import artifact_entry
+from fuse_export.exporters.manifest import artifact_entry
 from fuse_export.fileio import sha256_file
-from fuse_export.triton_repo import PLATFORMS, build_triton_repo, config_text, preferred_batch_sizes
+from fuse_export.deploy.triton_config import PLATFORMS, config_text, preferred_batch_sizes
+from fuse_export.deploy.triton_repo import build_triton_repo
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] (the test extra) "
                          "provides Triton's ModelConfig schema")
@@ -137,7 +138,7 @@ def test_two_runs_into_one_new_folder_do_not_both_write_it(export_copy, tmp_path
     import contextlib
     import threading
 
-    from fuse_export import triton_repo
+    from fuse_export.deploy import triton_repo
 
     real_lock, arrived = triton_repo.folder_lock, threading.Semaphore(0)
 

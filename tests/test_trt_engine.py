@@ -7,9 +7,9 @@ import onnx
 import pytest
 
 from fuse_export.errors import BackendUnavailable, ExportError, UserError
-from fuse_export.export.onnx_inspect import check_onnx_precision, inspect_onnx
-from fuse_export.export.trt_api import LayerInfo, TrtApi, fp32_layers
-from fuse_export.export.trt_engine import (BatchProfile, EngineMismatch, GpuIdentity, check_engine, check_profile,
+from fuse_export.exporters.onnx_inspect import check_onnx_precision, inspect_onnx
+from fuse_export.exporters.trt_api import LayerInfo, TrtApi, fp32_layers
+from fuse_export.exporters.trt_engine import (BatchProfile, EngineMismatch, GpuIdentity, check_engine, check_profile,
                                            default_profile, engine_path_for, engine_sidecar, ort_trt_cache_dir,
                                            read_sidecar, sidecar_path, timing_cache_path)
 from fuse_export.fileio import sha256_file, write_json
@@ -24,8 +24,8 @@ def precision_onnx(tiny_export, tmp_path_factory):
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from fuse_export.contract import Preprocessing
-    from fuse_export.export.calibration import CalibrationSet, random_pixels
-    from fuse_export.export.onnx_precision import convert_fp16, quantize_int8
+    from fuse_export.exporters.calibration import CalibrationSet, random_pixels
+    from fuse_export.exporters.onnx_precision import convert_fp16, quantize_int8
 
     out = tmp_path_factory.mktemp("precision")
     src = tiny_export / "model.onnx"
@@ -94,7 +94,7 @@ def test_fp32_pin_rule_on_layer_lists():
 
 
 def test_fp32_pin_rule_on_the_fused_graph_keeps_heads_not_trunk(tiny_export):
-    from fuse_export.export.onnx_precision import head_nodes
+    from fuse_export.exporters.onnx_precision import head_nodes
 
     info = inspect_onnx(tiny_export / "model.onnx")
     pinned = [info.layers[i] for i in fp32_layers(info.layers)]

@@ -9,8 +9,8 @@ from torchvision.models import resnet18, resnet34
 
 from fuse_export.errors import CheckpointError
 from fuse_export.model.backbone import ResNet18Trunk
-from fuse_export.model.weights import (IMAGENET_FILE, IMAGENET_SHA256_ENV, IMAGENET_URL_ENV, OFFLINE_ENV,
-                                       load_backbone_weights)
+from fuse_export.model.weights import load_backbone_weights
+from fuse_export.model.weights_fetch import IMAGENET_FILE, IMAGENET_SHA256_ENV, IMAGENET_URL_ENV, OFFLINE_ENV
 
 SCN_INDEX = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
 

@@ -50,13 +50,14 @@ def prepare(spec: dict[str, Any], emit: Emit, state: State) -> None:
 
     from fuse_export.compare.bench import batch_of, eval_inputs, run_all
     from fuse_export.compare.parity import TOLERANCES
-    from fuse_export.data.synthetic import SyntheticSpec, write_fer2013_csv
-    from fuse_export.export.formats import FORMATS
+    from fuse_export.data.synthetic import SyntheticSpec
+    from fuse_export.data.synthetic_csv import write_fer2013_csv
+    from fuse_export.exporters.formats import FORMATS
     from fuse_export.runners.registry import BACKENDS
-    from fuse_export.train.checkpoint import load_model
-    from fuse_export.train.recipe import load_recipe
-    from fuse_export.train.trainer import run_training
-    from fuse_export.workflow import export_checkpoint
+    from fuse_export.training.checkpoint import load_model
+    from fuse_export.training.recipe import load_recipe
+    from fuse_export.training.trainer import run_training
+    from fuse_export.app.export_verify import export_checkpoint
 
     work, seed = Path(spec["work"]), int(spec["seed"])
     t0 = time.perf_counter()
@@ -111,8 +112,8 @@ def prepare(spec: dict[str, Any], emit: Emit, state: State) -> None:
 
 def build_tensorrt(spec: dict[str, Any], emit: Emit, state: State) -> None:
     """ONNX fp32 + fp16 and TensorRT engines of both (the engines are built from this call's verified ONNX)."""
-    from fuse_export.export.formats import FORMATS
-    from fuse_export.workflow import export_checkpoint
+    from fuse_export.exporters.formats import FORMATS
+    from fuse_export.app.export_verify import export_checkpoint
 
     t = time.perf_counter()
     export_checkpoint(spec["checkpoint"], [FORMATS["tensorrt"]], spec["export_folder"], precisions=["fp32", "fp16"])

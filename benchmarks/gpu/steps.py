@@ -32,8 +32,8 @@ def settings(args: Any, dry: bool) -> dict[str, Any]:
 
 def environment_row(check: Check, dry: bool, s: dict[str, Any]) -> dict[str, Any]:
     from fuse_export.compare.gpu_timing import HOST_TIMING, TIMING_MODES
-    from fuse_export.doctor import doctor_report, environment_lines
-    from fuse_export.export.manifest import tool_versions
+    from fuse_export.app.doctor import doctor_report, environment_lines
+    from fuse_export.exporters.manifest import tool_versions
 
     report = doctor_report()
     for line in environment_lines(report["environment"]):
@@ -203,7 +203,7 @@ def run_check(check: Check) -> int:
     manifest = {}
     folder = Path(prep.get("export_folder", check.work / "export"))
     if (folder / "manifest.json").is_file():
-        from fuse_export.export.manifest import read_manifest
+        from fuse_export.exporters.manifest_read import read_manifest
 
         manifest = read_manifest(folder)
     jobs = [(f"{DRY_STAND_INS[0]}+{fault}", usable[0] if usable else "pytorch", fault) for fault in args.inject_fault]

@@ -25,7 +25,7 @@ from fuse_export.data.transforms import eval_transform
 from fuse_export.errors import BackendUnavailable, DataError, UserError
 from fuse_export.fileio import atomic_open
 from fuse_export.model.fused import FusedFER, HeadOutputs
-from fuse_export.train.loop import predict_heads
+from fuse_export.training.loop import predict_heads
 
 CSV_COLUMNS = ("rank", "index", "name", "given", "given_name", "suggested", "suggested_name", "score", "ranked_by",
                "p_given", "p_suggested", "scn_margin", "alpha", "scn_rule")
@@ -177,7 +177,7 @@ def rescored(audit: LabelAudit, score: np.ndarray, method: str, probs: np.ndarra
 def aum_of(state: dict[str, Any], checkpoint: str | os.PathLike, labels: np.ndarray,
            data: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(mean margin [N] of AUM_HEAD, stage-1 mask [N]) from the checkpoint's training dynamics, for `labels`."""
-    from fuse_export.train.dynamics import HEADS, TrainingDynamics
+    from fuse_export.training.dynamics import HEADS, TrainingDynamics
 
     if "training_dynamics" not in state:
         raise UserError(f"{checkpoint}: no training dynamics in this checkpoint (written before fuse-export recorded "
@@ -199,7 +199,7 @@ def audit_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike,
                      options: AuditOptions = AuditOptions()) -> LabelAudit:
     """Load a checkpoint and a data set (in the checkpoint's recipe format unless given) and audit one split."""
     from fuse_export.data.registry import load_dataset
-    from fuse_export.train.checkpoint import load_model
+    from fuse_export.training.checkpoint import load_model
 
     method = resolve_method(options)
     dev = resolve_device(options.device)

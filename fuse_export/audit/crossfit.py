@@ -23,9 +23,9 @@ from fuse_export.data.torchdata import eval_batches
 from fuse_export.data.transforms import eval_transform
 from fuse_export.errors import UserError
 from fuse_export.progress import console
-from fuse_export.train.loop import predict_heads
-from fuse_export.train.recipe import Recipe, recipe_from_dict
-from fuse_export.train.trainer import run_training
+from fuse_export.training.loop import predict_heads
+from fuse_export.training.recipe import Recipe, recipe_from_dict
+from fuse_export.training.trainer import run_training
 
 # Epochs of a fold model when the recipe asks for more (the noisy-label benchmark's choice, on a tuning data set).
 MAX_FOLD_EPOCHS = 8

@@ -4,7 +4,7 @@ Three sources of evidence, named by `METHODS`:
 
 * "aum": training dynamics. The area under the margin (Pleiss et al. 2020): the given label's logit minus the
   largest other logit, averaged over the epochs before relabeling (recorded by the trainer,
-  `fuse_export.train.dynamics`). A wrong label is learnt late, so its margin stays low while a clean one's rises.
+  `fuse_export.training.dynamics`). A wrong label is learnt late, so its margin stays low while a clean one's rises.
 * "crossfit": out-of-sample probabilities from K models, each scoring the fold it did not train on
   (`fuse_export.audit.crossfit`); confident learning's setting (Northcutt et al. 2021).
 * "model": the checkpoint's own probabilities. On the training split they are in-sample (the model trained

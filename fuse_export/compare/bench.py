@@ -24,8 +24,9 @@ from fuse_export.compare.reference import REFERENCE_FILE, ReferenceSet, load_ref
 from fuse_export.compare.timing import LatencyStats, Schedule, interleaved_adaptive
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import UserError
-from fuse_export.export.manifest import MANIFEST, read_manifest, verify_checkpoint
-from fuse_export.export.options import check_tolerances
+from fuse_export.exporters.manifest import MANIFEST
+from fuse_export.exporters.manifest_read import read_manifest, verify_checkpoint
+from fuse_export.exporters.options import check_tolerances
 from fuse_export.runners.base import Runner
 from fuse_export.runners.cuda_base import CudaRunner, check_device
 from fuse_export.runners.registry import BACKENDS, REFERENCE, Backend, parse_backends

@@ -81,7 +81,7 @@ def bench_table(report: BenchReport) -> Table:
 
 
 def bench_json(report: BenchReport, settings: dict[str, Any]) -> dict[str, Any]:
-    from fuse_export.export.manifest import tool_versions
+    from fuse_export.exporters.manifest import tool_versions
 
     return {
         "folder": report.folder,

@@ -19,9 +19,9 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from fuse_export.errors import DataError, RecipeError
+from fuse_export.preprocess import IMAGE_SUFFIXES  # noqa: F401  (re-exported to the data sets)
 
 POLICIES = ("fail", "skip")
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 _SKIP_HINT = 'set data.options.on_bad = "skip" (or --on-bad skip) to leave bad files out and list them'
 
 

@@ -52,7 +52,7 @@ def require_cuda() -> None:
 def check_device(device: str | None, option: str = "--device") -> None:
     """Refuse a CUDA device this machine lacks ("cuda" without CUDA, "cuda:7" with fewer GPUs), before any work:
     otherwise a command would run on the CPU instead, or fail deep inside a runner. `device` is parsed already
-    (fuse_export.export.options.parse_device); None and "cpu" pass."""
+    (fuse_export.exporters.options.parse_device); None and "cpu" pass."""
     if not device or not device.startswith("cuda"):
         return
     ok, why = cuda_status()

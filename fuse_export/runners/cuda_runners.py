@@ -166,7 +166,7 @@ class TorchCudaRunner(TorchCudaBase):
         import torch
 
         from fuse_export.model.fused import ExportView
-        from fuse_export.train.checkpoint import load_model
+        from fuse_export.training.checkpoint import load_model
 
         self._numerics()
         if self.precision == "bf16" and not torch.cuda.is_bf16_supported():
@@ -194,7 +194,7 @@ class TorchScriptCudaRunner(TorchCudaBase):
         self.path = Path(path)
 
     def _load(self) -> None:
-        from fuse_export.export.to_torchscript import load_torchscript
+        from fuse_export.exporters.to_torchscript import load_torchscript
 
         self._numerics()
         module, _ = load_torchscript(self.path, str(self.device))

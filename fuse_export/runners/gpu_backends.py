@@ -29,7 +29,7 @@ def _combine(*checks: tuple[bool, str]) -> tuple[bool, str]:
 @functools.lru_cache(maxsize=1)
 def tensorrt_status() -> tuple[bool, str]:
     """(usable, why not) for the TensorRT Python package: installed, importable, a supported major version."""
-    from fuse_export.export.trt_api import TrtApi, import_tensorrt
+    from fuse_export.exporters.trt_api import TrtApi, import_tensorrt
 
     if importlib.util.find_spec("tensorrt") is None:
         return False, "TensorRT not installed (pip install tensorrt)"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fuse_export.contract import Preprocessing
-from fuse_export.export.to_openvino import import_openvino, read_ir
+from fuse_export.exporters.to_openvino import import_openvino, read_ir
 from fuse_export.runners.base import Runner
 
 # Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values.

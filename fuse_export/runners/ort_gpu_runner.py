@@ -40,9 +40,9 @@ class OrtGpuRunner(CudaRunner):
         return opts
 
     def _trt_options(self, ort_version: str) -> dict[str, str]:
-        from fuse_export.export.onnx_inspect import inspect_onnx
-        from fuse_export.export.trt_api import TrtApi
-        from fuse_export.export.trt_engine import cache_root, current_gpu, default_profile, ort_trt_cache_dir
+        from fuse_export.exporters.onnx_inspect import inspect_onnx
+        from fuse_export.exporters.trt_api import TrtApi
+        from fuse_export.exporters.trt_engine import cache_root, current_gpu, default_profile, ort_trt_cache_dir
         from fuse_export.fileio import sha256_file
 
         info = inspect_onnx(self.path)

@@ -24,7 +24,7 @@ class Pt2Runner(Runner):
         self.metadata: dict = {}
 
     def _activate(self) -> None:
-        from fuse_export.export.to_pt2 import load_pt2
+        from fuse_export.exporters.to_pt2 import load_pt2
 
         if self.threads:
             # The compiled kernels use the process's OpenMP pool, the same one torch sizes.

@@ -40,7 +40,7 @@ class EagerRunner(_TorchRunner):
 
     def _activate(self) -> None:
         from fuse_export.model.fused import ExportView
-        from fuse_export.train.checkpoint import load_model
+        from fuse_export.training.checkpoint import load_model
 
         self._set_threads()
         loaded = load_model(self.checkpoint)
@@ -80,7 +80,7 @@ class TorchScriptRunner(_TorchRunner):
         self.path = Path(path)
 
     def _activate(self) -> None:
-        from fuse_export.export.to_torchscript import load_torchscript
+        from fuse_export.exporters.to_torchscript import load_torchscript
 
         self._set_threads()
         self.module, _ = load_torchscript(self.path, str(self.device))

@@ -14,7 +14,7 @@ from typing import Any
 
 from fuse_export.contract import Preprocessing
 from fuse_export.errors import InputError
-from fuse_export.export.trt_engine import EngineMismatch
+from fuse_export.exporters.trt_engine import EngineMismatch
 from fuse_export.runners.cuda_base import CudaRunner
 
 
@@ -29,8 +29,8 @@ class TensorRTRunner(CudaRunner):
         self._bound: tuple | None = None  # (batch, input tensor, outputs) of the plain context
 
     def _load(self) -> None:
-        from fuse_export.export.trt_api import import_tensorrt
-        from fuse_export.export.trt_engine import check_engine, current_gpu, read_sidecar
+        from fuse_export.exporters.trt_api import import_tensorrt
+        from fuse_export.exporters.trt_engine import check_engine, current_gpu, read_sidecar
 
         trt = import_tensorrt()
         sidecar = read_sidecar(self.path)

@@ -1,0 +1,1 @@
+"""Inference: which artifact runs (selection), the Predictor over its runner, and predict on photos."""
