@@ -91,8 +91,24 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV
 
 
+_ORIENTATION = 0x0112  # the EXIF tag: how to turn the stored pixels to display them
+
+
+def from_pil(im: Image.Image) -> Image.Image:
+    """A caller's PIL image, made what `open_image` makes of the same file: EXIF orientation applied (an
+    `Image.open` of a photo keeps the stored, often sideways, pixels), then 8-bit "RGB" or "L". Images without an
+    orientation tag (the decoder's own output included: it drops the tag) are not copied."""
+    try:
+        if im.getexif().get(_ORIENTATION, 1) != 1:
+            im = ImageOps.exif_transpose(im)
+        return _to_8bit(im)
+    except _DECODE_ERRORS as exc:  # a lazily opened image decodes here: a truncated file fails now
+        name = getattr(im, "filename", "") or "<PIL image>"
+        raise DataError(name, f"not an image Pillow can read, or truncated/corrupt ({_first_line(exc)})") from None
+
+
 def _as_image(item: ImageLike) -> Image.Image:
-    return item if isinstance(item, Image.Image) else open_image(item)
+    return from_pil(item) if isinstance(item, Image.Image) else open_image(item)
 
 
 def resize_crop_size(width: int, height: int, pre: Preprocessing) -> tuple[int, int]:

@@ -1,4 +1,7 @@
-"""OpenVINO as a format (IR converted from the verified ONNX) and as backends with explicit precision."""
+"""OpenVINO as a format (IR converted from the verified ONNX) and as backends with explicit precision.
+
+Run by tests/test_openvino.py in a pytest process of their own (see there: an open SIGSEGV, issue 27).
+"""
 
 from __future__ import annotations
 

@@ -100,3 +100,40 @@ def test_predict_names_what_it_takes_and_a_closed_predictor_says_so(tiny_export:
         lone = fx.load(tmp_path / "alone.onnx")
     with lone:
         assert len(lone.predict(face)) == 1
+
+
+def test_pil_images_get_their_exif_orientation_as_paths_and_bytes_do(tiny_export: Path, tmp_path: Path):
+    """Issue 26: `predict(Image.open("exif6.jpg"))` ran on the stored, sideways pixels, while the same file as a
+    path or as bytes ran upright. A JPEG stored sideways with EXIF orientation 6 must give the same pixels and
+    the same predictions whichever way it is passed, and they must be the upright ones."""
+    import io
+
+    import fuse_export as fx
+    from PIL import Image
+
+    from fuse_export.data.synthetic import SyntheticSpec, generate_faces
+    from fuse_export.preprocess import model_pixels
+
+    faces, _, _ = generate_faces(SyntheticSpec(samples_per_class=1, seed=5))
+    upright = Image.fromarray(np.asarray(faces[2], np.uint8)).convert("RGB").resize((60, 96))  # portrait
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "exif6.jpg"
+    upright.transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif.tobytes())  # stored sideways
+    with Image.open(path) as raw:
+        assert raw.size == (96, 60) and raw.getexif()[0x0112] == 6
+        stored = np.asarray(raw.convert("RGB"))
+    shown = Image.fromarray(stored).transpose(Image.Transpose.ROTATE_270)  # turned by hand, no EXIF left
+    sideways = Image.fromarray(stored)
+
+    with fx.load(tiny_export) as model:
+        pre = model.preprocessing
+        with Image.open(path) as pil:
+            inputs = {"path": path, "bytes": path.read_bytes(), "PIL": pil, "BytesIO PIL": Image.open(io.BytesIO(
+                path.read_bytes())), "turned by hand": shown}
+            pixels = {name: model_pixels(im, pre) for name, im in inputs.items()}
+            probs = {name: model.predict([im]).probabilities for name, im in inputs.items()}
+    for name in inputs:
+        assert np.array_equal(pixels[name], pixels["path"]), name
+        assert np.array_equal(probs[name], probs["path"]), name
+    assert not np.array_equal(model_pixels(sideways, pre), pixels["path"])  # the test can tell the two apart

@@ -70,3 +70,42 @@ def test_export_and_bench_refuse_a_gpu_this_machine_lacks(monkeypatch: pytest.Mo
     monkeypatch.setattr(cuda_base, "cuda_status", lambda: (False, "no CUDA device"))
     with pytest.raises(fx.UserError, match="--device cuda: no CUDA device"):
         cuda_base.check_device("cuda")
+
+
+def _repeated_phrases(line: str, words: int = 4) -> list[str]:
+    """Every run of `words` words that occurs more than once in `line`."""
+    tokens = line.split()
+    grams = [" ".join(tokens[i:i + words]) for i in range(len(tokens) - words + 1)]
+    return sorted({g for g in grams if grams.count(g) > 1})
+
+
+@pytest.mark.skipif(cuda_status()[0], reason="checks the refusal on a machine without CUDA")
+def test_cuda_device_without_cuda_says_the_cause_once_in_a_short_line(tiny_export: Path, face: Path) -> None:
+    """Issue 26: the refusal was a ~900-character line repeating "no CUDA device (...)" six times, once per backend
+    and artifact. It is one short line: the missing device once (as cuda_status says it), and what was tried."""
+    r = CliRunner().invoke(app, ["predict", str(tiny_export), str(face), "--device", "cuda"])
+    assert r.exit_code == 2, r.output
+    (line,) = [ln for ln in r.output.splitlines() if ln.strip()]
+    why = cuda_status()[1]
+    assert line.count(why) == 1 and len(line) - len(str(tiny_export)) < 300, line
+    assert _repeated_phrases(line) == [], line
+    assert line.count("(") == line.count(")"), line  # whole reasons, never cut inside a parenthesis
+    tried = line.split("tried ", 1)[1].split(")", 1)[0].split(", ")  # the backends with an artifact here
+    assert tried and all(BACKENDS[k].device == "cuda" for k in tried), line
+    with pytest.raises(fx.UserError) as exc:
+        fx.load(tiny_export, device="cuda")
+    assert f"error: {exc.value}" == line  # the API says the same
+
+
+def test_reasons_of_a_refused_device_are_each_said_once() -> None:
+    """The line's other form (the device is there; backends lack something else): each whole reason once, with
+    the backends it stopped, and the count of backends the export has no artifact for."""
+    from fuse_export.inference.selection import nothing_runs
+
+    ort = "onnxruntime-gpu not installed (onnxruntime 1.2 has no CUDAExecutionProvider; see `doctor`)"
+    line = nothing_runs("runs/export", "cpu", {ort: ["a", "b"], "TensorRT not installed (pip install tensorrt)": ["c"]},
+                        ["d", "e"])
+    assert line == (f"runs/export: nothing runs on cpu here: a, b: {ort}; c: TensorRT not installed (pip install "
+                    "tensorrt); the export has no artifact for the other 2 cpu backends")
+    assert nothing_runs("m", "cpu", {}, ["d"]) == "m: nothing runs on cpu here: the export has no artifact for any " \
+                                                  "of the 1 cpu backends"

@@ -1,6 +1,6 @@
 """The architecture as a test, read from the package's imports with `ast` (lazy imports inside functions count).
 
-    shared (contract, errors, fileio, preprocess, progress, cpuinfo)
+    shared (contract, errors, extras, fileio, preprocess, progress, cpuinfo)
     -> data -> model -> training -> audit -> exporters -> runners -> compare -> inference -> deploy -> app -> cli
 
 A module may import only from its own layer or the layers below it; no two modules import each other, directly or
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[1] / "fuse_export"
-SHARED = ("contract", "cpuinfo", "errors", "fileio", "preprocess", "progress")  # every layer's one-concept modules
+SHARED = ("contract", "cpuinfo", "errors", "extras", "fileio", "preprocess", "progress")  # every layer's one-concept modules
 LAYERS = ("data", "model", "training", "audit", "exporters", "runners", "compare", "inference", "deploy", "app", "cli")
 RANK = {**dict.fromkeys(SHARED, 0), **{name: i + 1 for i, name in enumerate(LAYERS)}, "__main__": len(LAYERS)}
 MAX_ROOT_MODULES = 8  # besides __init__.py and __main__.py

@@ -14,6 +14,15 @@ What is known so far:
   debug allocators (`test_a_long_mixed_process_survives`). valgrind memcheck over every OpenVINO path
   (fp32, int8, the bf16 runner's split at the f32 hint, next to torch) found no invalid access.
 - So the fault needs the long process's history, about 250 earlier tests, as well as the OpenVINO work.
+- 2026-12-07 (issue 27), AMD EPYC Zen 4: with the cases moved back in-process the suite died 3 of 3 times at the
+  same place, in `test_predict_with_openvino_bf16` right after `test_bench_and_doctor_pick_openvino_up_from_the_tables`
+  (test 507 of 732), while the main thread waited for that test's subprocess. A core dump (gdb, python-gdb's
+  py-bt) puts the fault in `pymalloc_free` -> `address_in_range` (a small object's pool header is garbage) under
+  `selectors.select` in `subprocess.communicate`: Python's small-object heap was corrupted earlier, by native
+  code. No other thread ran Python code; the other threads were libgomp (torch), TBB (OpenVINO), an ONNX Runtime
+  pool and six Python threads blocked on one lock. Python's own faulthandler printed nothing even with pytest's
+  capture off (its SIGSEGV handler did not run or could not write). `benchmarks/stress_runtimes.py` (every CPU runtime, export, bench,
+  doctor, threads, in one process) ran 20 minutes, 1447 steps, without a crash: the trigger is still unknown.
 Isolating the cases keeps every other test's result trustworthy while the defect is hunted down (evidence:
 benchmarks/RESULTS.md, issue 13).
 """

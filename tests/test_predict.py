@@ -140,7 +140,8 @@ def test_missing_opencv_is_a_clear_error(tiny_export, photos, monkeypatch):
     with pytest.raises(BackendUnavailable, match=r"pip install 'fuse-export\[faces\]'"):
         FaceFinder()
     r = CliRunner().invoke(app, ["predict", str(tiny_export), str(photos / "scene.jpg"), "--detect-faces"])
-    assert r.exit_code == 2 and "needs OpenCV" in r.output
+    assert r.exit_code == 2 and "--detect-faces needs opencv-python-headless" in r.output
+    assert "pip install 'fuse-export[faces]'" in r.output  # the extra, found before the artifact was selected
 
 
 def test_bad_inputs_exit_2_with_the_file_named(tiny_export, photos, tmp_path):
@@ -152,3 +153,47 @@ def test_bad_inputs_exit_2_with_the_file_named(tiny_export, photos, tmp_path):
                           ([str(photos), "--backend", "pt2"], "the export has no artifact for it")):
         r = CliRunner().invoke(app, ["predict", str(tiny_export), *args])
         assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def _stderr_lines(r) -> list[str]:
+    return [ln for ln in r.stderr.splitlines() if ln.strip()]
+
+
+def test_on_bad_skip_leaves_unreadable_images_out_and_predicts_the_rest(tiny_export, photos, tmp_path):
+    """Issue 26: one truncated JPEG in a folder aborted the whole `predict`. --on-bad fail (the default) still ends
+    the command at the first bad file, naming it and the fix; --on-bad skip lists each bad file on stderr (and in
+    --json's "skipped") and predicts the others exactly as it predicts them alone."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("face0.png", "face1.png"):
+        shutil.copy(photos / name, folder / name)
+    jpeg = (photos / "scene.jpg").read_bytes()
+    (folder / "half.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # a JPEG cut in half
+    (folder / "notes.png").write_bytes(b"not a png")
+    bad = [str(folder / "half.jpg"), str(folder / "notes.png")]
+
+    r = CliRunner().invoke(app, ["predict", str(tiny_export), str(folder)])  # --on-bad fail
+    assert r.exit_code == 2, r.output
+    (line,) = _stderr_lines(r)
+    assert line.startswith(f"error: {bad[0]}: ") and "truncated" in line and "--on-bad skip" in line, line
+    assert not r.stdout.strip()  # nothing predicted
+
+    r = CliRunner().invoke(app, ["predict", str(tiny_export), str(folder), "--on-bad", "skip", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [s["image"] for s in doc["skipped"]] == bad
+    assert "truncated" in doc["skipped"][0]["reason"] and "not an image" in doc["skipped"][1]["reason"]
+    lines = _stderr_lines(r)
+    assert lines == [f"skipped {s['image']}: {s['reason']}" for s in doc["skipped"]], lines
+    alone = run_json(str(tiny_export), str(folder / "face0.png"), str(folder / "face1.png"))
+    assert alone["skipped"] == []
+    assert [x["image"] for x in doc["results"]] == [x["image"] for x in alone["results"]]
+    for got, want in zip(doc["results"], alone["results"]):
+        assert got["predictions"][0]["probabilities"] == pytest.approx(want["predictions"][0]["probabilities"],
+                                                                       abs=1e-6)
+
+    r = CliRunner().invoke(app, ["predict", str(tiny_export), str(folder), "--on-bad", "skip"])  # the table
+    assert r.exit_code == 0 and len(_stderr_lines(r)) == 2 and "face0.png" in r.stdout, r.output
+
+    r = CliRunner().invoke(app, ["predict", str(tiny_export), *bad, "--on-bad", "skip"])  # nothing left
+    assert r.exit_code == 2 and "no readable image left" in r.output and "Traceback" not in r.output, r.output

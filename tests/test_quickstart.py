@@ -27,3 +27,31 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert doc["passed"] and ran == expected
     manifest = json.loads((out / "export" / "manifest.json").read_text())
     assert {a["format"] for a in manifest["artifacts"]} == {f.key for f in quick_formats()}
+
+
+def test_the_curves_are_listed_only_when_training_wrote_them(tiny_run, tiny_export, tmp_path, monkeypatch):
+    """Issue 26: the quickstart listed train/training_curves.png, which is not written without matplotlib (the
+    `plot` extra). The list the quickstart prints names it only when training wrote it."""
+    import dataclasses
+    import sys
+
+    from fuse_export.app.export_verify import ExportResult
+    from fuse_export.app.quickstart import QuickstartResult
+    from fuse_export.cli.quickstart import artifact_rows
+    from fuse_export.training.metrics import plot_history
+
+    out = tmp_path / "train"
+    out.mkdir()
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    exported = ExportResult(tiny_export, tiny_export / "manifest.json", manifest["artifacts"])
+    result = QuickstartResult(tmp_path / "data.csv", dataclasses.replace(tiny_run, out_dir=out), exported,
+                              None, tmp_path / "bench.json")
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "matplotlib", None)  # an install without the `plot` extra
+        assert plot_history(out, tiny_run.history) is None  # what training does then: no PNG
+    rows = dict(artifact_rows(result))
+    assert "curves" not in rows and {"checkpoint", "metrics", "manifest", "torchscript", "onnx"} <= set(rows)
+    assert rows["onnx"] == tiny_export / "model.onnx"
+    written = plot_history(out, tiny_run.history)  # with matplotlib
+    assert written is not None and written.is_file()
+    assert dict(artifact_rows(result))["curves"] == written

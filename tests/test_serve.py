@@ -108,7 +108,7 @@ def test_image_bytes_equal_predict(server: Server, conns, tiny_export: Path, tmp
     for orientation in (None, 6):  # 6: stored sideways, shown rotated; both paths must apply it
         path = tmp_path / f"face{orientation}.jpg"
         data = face_jpeg(path, orientation)
-        _, results = predict_photos(tiny_export, [path])
+        _, results, _ = predict_photos(tiny_export, [path])
         pred = results[0].predictions[0]
         want = np.array([pred.probabilities[c] for c in server.selected.pre.class_names], dtype=np.float32)
         for mod, client in conns:

@@ -18,6 +18,7 @@ from fuse_export.compare.reference import REFERENCE_FILE, ReferenceSet, save_ref
 from fuse_export.compare.parity import ParityResult, compare_outputs
 from fuse_export.contract import Preprocessing, check_outputs, io_contract
 from fuse_export.errors import BackendUnavailable, ExportError, ParityError, UserError
+from fuse_export.extras import require
 from fuse_export.exporters.formats import FORMATS, Format, artifact_file, check_options, resolve
 from fuse_export.exporters.manifest import MANIFEST, artifact_entry, staged_export, write_manifest
 from fuse_export.exporters.metadata import artifact_metadata
@@ -59,6 +60,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: list[Format], out_
     on an x86 CPU without VNNI (export/int8_weights.py), the machine the files are verified on.
     """
     opts = dataclasses.replace(options or ExportOptions(), **fields) if fields else (options or ExportOptions())
+    for fmt in formats:  # missing extras first: before the checkpoint is read or anything is written
+        if fmt.extra:
+            require(fmt.extra, f"--format {fmt.key}")
+    if opts.simplify:
+        require("simplify", "--simplify")
     verify = verify or VerifyOptions()
     opset, static_batch, batch, precisions = opts.opset, opts.static_batch, opts.batch, opts.precisions
     embed_preprocessing, calibration_data = opts.embed_preprocessing, opts.calibration_data

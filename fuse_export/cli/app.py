@@ -17,6 +17,7 @@ from fuse_export.cli.export import export
 from fuse_export.cli.predict import predict
 from fuse_export.cli.quickstart import quickstart
 from fuse_export.cli.train import train
+from fuse_export.cli.web import web
 
 app = typer.Typer(
     name="fuse-export",
@@ -24,6 +25,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Click's plain help formatter: it wraps option names that do not fit 80 columns where Rich's panels cut them
+    # (`--embed-preproce…`), and it prints help texts as written (Rich took `[openvino]` for markup).
+    rich_markup_mode=None,
 )
 
 
@@ -50,6 +54,7 @@ app.command()(quickstart)
 app.command("triton-repo")(triton_repo)
 app.command()(serve)
 app.command()(predict)
+app.command()(web)
 app.command("audit-labels")(audit_labels)
 app.command("build-engine")(build_engine)
 app.command()(doctor)

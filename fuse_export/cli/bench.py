@@ -45,10 +45,13 @@ def bench(
     from fuse_export.exporters.options import parse_device
     from fuse_export.fileio import atomic_open, write_json
     from fuse_export.cpuinfo import check_threads
+    from fuse_export.extras import require
     from fuse_export.app.api import bench as bench_api
 
     sizes = int_list(batch_sizes, "--batch-sizes")
     check_threads(threads)
+    if plot is not None:  # before the bench runs, not after it
+        require("plot", "--plot")
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (plot, "--plot"), (save_results, "--save-results")):
         if path is not None:
             check_output_file(path, option)

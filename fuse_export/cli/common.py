@@ -13,10 +13,10 @@ import typer
 
 from fuse_export.contract import MAX_BATCH  # the exported graphs' batch axis range
 from fuse_export.errors import UserError
-
+from fuse_export.extras import EXTRAS, install_hint
 
 # Packages of the `train` extra: the slim runtime install (`pip install -e .`) runs exported models without them.
-TRAIN_ONLY = ("torch", "torchvision", "onnx", "onnxscript", "safetensors")
+TRAIN_ONLY = tuple(module for module, _ in EXTRAS["train"])
 
 
 def train_only_missing(exc: ModuleNotFoundError) -> str | None:
@@ -48,7 +48,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if missing is None:
                 raise
             typer.echo(f"error: `fuse-export {fn.__name__.replace('_', '-')}` needs {missing}, which the slim runtime "
-                       "install leaves out: pip install 'fuse-export[train]'", err=True)
+                       f"install leaves out: {install_hint('train')}", err=True)
             raise typer.Exit(2) from None
         except OSError as exc:
             if exc.errno is None or exc.errno == errno.EPIPE:

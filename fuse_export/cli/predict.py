@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fuse_export.cli.common import user_errors
+from fuse_export.cli.common import OnBad, user_errors
 
 
 @user_errors
@@ -22,6 +22,8 @@ def predict(
     verify: Annotated[bool, typer.Option(help="Check the artifact against its manifest sha256 first.")] = True,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N: the fastest artifact there (default: "
                                                        "the fastest anywhere).")] = None,
+    on_bad: Annotated[OnBad, typer.Option(help="Unreadable images: fail at the first, or skip and list them "
+                                               "(stderr; --json: \"skipped\").")] = OnBad.fail,
 ) -> None:
     """Emotion, probability and SCN confidence per photo, or per face with --detect-faces."""
     import json
@@ -30,13 +32,16 @@ def predict(
     from fuse_export.inference.photos import predict_photos, predictions_console, predictions_table
 
     check_threads(threads)
-    sel, results = predict_photos(model, images, backend, detect_faces, margin, threads, verify=verify,
-                                  device=device)
+    sel, results, skipped = predict_photos(model, images, backend, detect_faces, margin, threads, verify=verify,
+                                           device=device, on_bad=OnBad(on_bad).value)
     if sel.warning:  # a lone artifact, or an unlisted one under --no-verify: ran, but nothing checked its bytes
         typer.echo(f"warning: {sel.warning}", err=True)
+    for s in skipped:  # --on-bad skip: one line per image left out
+        typer.echo(f"skipped {s.image}: {s.reason}", err=True)
     if json_out:
         doc = {"model": str(sel.path or sel.checkpoint), "backend": sel.backend,
-               "class_names": list(sel.pre.class_names), "results": [r.to_dict() for r in results]}
+               "class_names": list(sel.pre.class_names), "results": [r.to_dict() for r in results],
+               "skipped": [s.to_dict() for s in skipped]}
         typer.echo(json.dumps(doc, indent=2))
     else:
         predictions_console().print(predictions_table(sel, results))

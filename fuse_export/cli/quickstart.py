@@ -29,13 +29,19 @@ def quickstart(
     typer.echo(f"test accuracy (chance {1 / 7:.1%}): fused {acc['fused']:.1%}, DCNN head {acc['dcnn']:.1%}, "
                f"SCN head {acc['scn']:.1%}")
     typer.echo("artifacts:")
-    for label, path in (("data", result.data), ("checkpoint", result.train.best),
-                        ("metrics", result.train.out_dir / "metrics.csv"),
-                        ("curves", result.train.out_dir / "training_curves.png"),
-                        ("manifest", result.export.manifest), ("bench", result.bench_json)):
+    for label, path in artifact_rows(result):
         typer.echo(f"  {label:<10} {path}")
-    for a in result.export.artifacts:
-        typer.echo(f"  {a['format']:<10} {result.export.out_dir / a['file']}")
     if result.bench.failures():
         raise typer.Exit(1)
+
+
+def artifact_rows(result) -> list[tuple[str, Path]]:
+    """(label, path) of each file the quickstart wrote; the optional ones (the curves need matplotlib, the `plot`
+    extra) only when they are there."""
+    train = result.train.out_dir
+    rows = [("data", result.data), ("checkpoint", result.train.best), ("metrics", train / "metrics.csv"),
+            ("curves", train / "training_curves.png"), ("manifest", result.export.manifest),
+            ("bench", result.bench_json)]
+    rows += [(a["format"], result.export.out_dir / a["file"]) for a in result.export.artifacts]
+    return [(label, path) for label, path in rows if label != "curves" or path.is_file()]
 

@@ -124,15 +124,16 @@ def bench_csv(report: BenchReport) -> str:
 
 def bench_plot(report: BenchReport, path: str | os.PathLike) -> Path:
     """A PNG of median latency and throughput against batch size, one line per backend (matplotlib, lazily)."""
+    from fuse_export.extras import MissingExtra, require
+
+    require("plot", "--plot")  # `bench --plot` checks this before the bench runs; here for other callers
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        from fuse_export.errors import BackendUnavailable
-
-        raise BackendUnavailable("--plot needs matplotlib (pip install matplotlib)") from None
+    except ImportError:  # installed, but broken
+        raise MissingExtra("plot", "--plot", ["a matplotlib that imports"]) from None
     from fuse_export.fileio import atomic_path
 
     series: dict[str, list[tuple[int, float, float]]] = {}

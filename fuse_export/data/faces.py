@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from fuse_export.errors import BackendUnavailable
+from fuse_export.extras import install_hint
 
 CASCADE = "haarcascade_frontalface_default.xml"
 DEFAULT_MARGIN = 0.2  # share of the face box added on every side: the training crops include some context
@@ -43,7 +44,7 @@ def _cv2():
     try:
         import cv2
     except ImportError:
-        raise BackendUnavailable("--detect-faces needs OpenCV: pip install 'fuse-export[faces]' "
+        raise BackendUnavailable(f"--detect-faces needs OpenCV: {install_hint('faces')} "
                                  "(opencv-python-headless < 5, which bundles the Haar cascades)") from None
     return cv2
 

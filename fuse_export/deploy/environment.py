@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from fuse_export.errors import BackendUnavailable, UserError
+from fuse_export.extras import install_hint
 
-PYTRITON_PIP = "pip install 'fuse-export[serve]'"
+PYTRITON_PIP = install_hint("serve")
 TMP_PREFIX = "fuse-export-serve-"
 
 

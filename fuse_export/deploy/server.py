@@ -92,9 +92,11 @@ class Server:
     def start(self) -> Server:
         """Select the runner, write the model repository, start Triton and wait until both models are ready.
         Every user error (a runner that cannot load included) is raised before the server listens."""
+        from fuse_export.extras import require
         from fuse_export.inference.selection import select
         from fuse_export.runners.registry import BACKENDS
 
+        require("serve", "`serve`")  # before anything is checked, hashed or loaded
         opts = self.options
         opts.check()
         check_ports_free(opts.host, {"--http-port": opts.http_port, "--grpc-port": opts.grpc_port,

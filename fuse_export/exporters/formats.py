@@ -28,6 +28,8 @@ class Format:
     converter: str | None = None
     # "module:function" reading the metadata embedded in a file of this format (None: not readable alone).
     metadata_reader: str | None = None
+    # The optional extra (pyproject.toml) that writing this format needs, checked before an export starts.
+    extra: str | None = None
 
 
 FORMATS: dict[str, Format] = {
@@ -47,7 +49,7 @@ FORMATS: dict[str, Format] = {
         Format("openvino", "OpenVINO IR", "model.xml", "openvino", True, False, ("fp32", "int8"),
                frozenset({"opset", "static_batch", "precision", "embed_preprocessing"}), source="onnx",
                converter="fuse_export.exporters.to_openvino:export_openvino",
-               metadata_reader="fuse_export.exporters.to_openvino:read_openvino_metadata"),
+               metadata_reader="fuse_export.exporters.to_openvino:read_openvino_metadata", extra="openvino"),
     )
 }
 

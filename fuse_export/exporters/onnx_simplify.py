@@ -7,14 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fuse_export.errors import BackendUnavailable, ExportError
+from fuse_export.errors import ExportError
+from fuse_export.extras import MissingExtra
 
 
 def _onnxslim():
     try:
         import onnxslim
     except ImportError:
-        raise BackendUnavailable("--simplify needs onnxslim (pip install 'fuse-export[simplify]')") from None
+        raise MissingExtra("simplify", "--simplify", ["onnxslim"]) from None
     return onnxslim
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fuse_export.errors import BackendUnavailable, ExportError, UserError
+from fuse_export.extras import install_hint
 from fuse_export.fileio import sha256_file
 
 RT_INFO_ROOT = "fuse_export"  # rt_info section that carries the artifact metadata
@@ -27,7 +28,7 @@ def import_openvino():
     try:
         import openvino
     except ImportError:
-        raise BackendUnavailable("openvino is not installed: pip install 'fuse-export[openvino]' "
+        raise BackendUnavailable(f"openvino is not installed: {install_hint('openvino')} "
                                  "(or pip install openvino)") from None
     return openvino
 

@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuse_export.errors import DataError
+from fuse_export.errors import DataError, UserError
+from fuse_export.extras import require
 from fuse_export.inference.selection import Selected, select_for
 from fuse_export.preprocess import IMAGE_SUFFIXES
 
 FAST_STARTUP_MAX = 32  # up to this many images, runners start fast rather than optimize for throughput
+ON_BAD = ("fail", "skip")  # an image that cannot be decoded: end the command (default), or leave it out and list it
+SKIP_HINT = "pass --on-bad skip to leave unreadable images out (each listed) and predict the rest"
 
 @dataclass
 class FacePrediction:
@@ -41,6 +44,17 @@ class PhotoResult:
                 "predictions": [vars(p) for p in self.predictions]}
 
 
+@dataclass
+class SkippedImage:
+    """An image left out under `on_bad="skip"`, and why (the decoder's DataError, without the path)."""
+
+    image: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"image": self.image, "reason": self.reason}
+
+
 def collect_images(paths: list[str | os.PathLike]) -> list[Path]:
     """Image files from files and folders (folders: recursively, by suffix, sorted)."""
     out: list[Path] = []
@@ -60,23 +74,37 @@ def collect_images(paths: list[str | os.PathLike]) -> list[Path]:
 def predict_photos(model: str | os.PathLike, images: list[str | os.PathLike], backend: str | None = None,
                    detect_faces: bool = False, margin: float | None = None,
                    threads: int | None = None, verify: bool = True,
-                   device: str | None = None) -> tuple[Selected, list[PhotoResult]]:
+                   device: str | None = None,
+                   on_bad: str = "fail") -> tuple[Selected, list[PhotoResult], list[SkippedImage]]:
     """Predict the emotion of each photo, or of each face in it (`verify`: see `select`; `device`: cpu,
-    cuda or cuda:N, see `select_for`)."""
+    cuda or cuda:N, see `select_for`). An image that cannot be decoded (truncated, corrupt, not an image) ends
+    the call with a DataError naming it under `on_bad="fail"`; under "skip" it is left out and returned in the
+    third list, and the rest are predicted (a DataError when none is left)."""
     import numpy as np
 
     from fuse_export.inference.predictor import Predictor
     from fuse_export.data import faces as facelib
     from fuse_export.preprocess import model_pixel, open_image
 
+    if on_bad not in ON_BAD:
+        raise UserError(f"--on-bad {on_bad!r}: choose one of {', '.join(ON_BAD)}")
+    if detect_faces:
+        require("faces", "--detect-faces")  # before the artifact is selected and hashed
     sel = select_for(model, backend, device, verify)
     paths = collect_images(images)
     finder = facelib.FaceFinder() if detect_faces else None
     margin = facelib.DEFAULT_MARGIN if margin is None else margin
     pre = sel.pre
     results, inputs, owners = [], [], []  # owners[i]: (result index, box) of inputs[i]
+    skipped: list[SkippedImage] = []
     for path in paths:
-        img = open_image(path)
+        try:
+            img = open_image(path)  # the one decoder: EXIF, colour, bounds; every failure a DataError
+        except DataError as exc:
+            if on_bad == "fail":
+                raise DataError(exc.path, f"{exc.problem}; {SKIP_HINT}") from None
+            skipped.append(SkippedImage(str(path), exc.problem))
+            continue
         result = PhotoResult(str(path), detected_faces=None)
         if finder is not None:
             boxes = finder.find(img)
@@ -88,6 +116,10 @@ def predict_photos(model: str | os.PathLike, images: list[str | os.PathLike], ba
             inputs.append(model_pixel(im, pre))  # only the small model-size pixels are kept, not the photo
             owners.append((len(results), box))
         results.append(result)
+    if skipped and not results:
+        first = skipped[0]
+        more = f" (and {len(skipped) - 1} more unreadable images)" if len(skipped) > 1 else ""
+        raise DataError(first.image, f"{first.reason}{more}; no readable image left to predict")
     if inputs:
         # A few images: a session that starts fast beats one optimized for throughput (see Runner.fast_startup).
         with Predictor(sel, threads, fast_startup=len(inputs) <= FAST_STARTUP_MAX, device=device) as predictor:
@@ -98,7 +130,7 @@ def predict_photos(model: str | os.PathLike, images: list[str | os.PathLike], ba
             results[owner].predictions.append(FacePrediction(
                 None if box is None else box.as_list(), pre.class_names[k], float(probs[k]),
                 float(out.confidence[i]), {c: float(p) for c, p in zip(pre.class_names, probs)}))
-    return sel, results
+    return sel, results, skipped
 
 
 def predictions_console():

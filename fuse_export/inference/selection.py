@@ -37,6 +37,18 @@ class Selected:
     warning: str = ""  # one line for the user when what runs is unverified (a lone file; --no-verify)
 
 
+class NoArtifactFor(UserError):
+    """--backend KEY: the export has no artifact that backend runs."""
+
+
+class CannotRunHere(BackendUnavailable):
+    """The export has artifacts for the backend, but it cannot run here; `causes`: each backend's reason, whole."""
+
+    def __init__(self, message: str, causes: list[str]) -> None:
+        super().__init__(message)
+        self.causes = list(dict.fromkeys(causes))
+
+
 def _artifact_file_format(path: Path) -> str:
     for fmt in FORMATS.values():
         if path.suffix == Path(fmt.file_name).suffix:
@@ -73,20 +85,21 @@ def _pick(manifest: dict[str, Any], backend: str | None, file: str | None) -> di
         arts = [a for a in arts if a.get("backend") == backend or (
             b.format is not None and a.get("format") == b.format and a.get("precision", "fp32") == b.runs_precision)]
         if not arts:
-            raise UserError(f"--backend {backend}: the export has no artifact for it "
-                            f"(has: {', '.join(sorted({a.get('backend', '?') for a in manifest['artifacts']}))})")
+            raise NoArtifactFor(f"--backend {backend}: the export has no artifact for it "
+                                f"(has: {', '.join(sorted({a.get('backend', '?') for a in manifest['artifacts']}))})")
     order = {k: i for i, k in enumerate(PREFERENCE)}
     # fp32 and dynamic-batch first, then the preferred backends; unavailable ones drop out.
     arts = sorted(arts, key=lambda a: (a.get("precision", "fp32") != "fp32", bool(a.get("static_batch")),
                                        order.get(a.get("backend"), len(order))))
-    reasons = []
+    reasons, causes = [], []
     for a in arts:
         b = BACKENDS.get(backend or a.get("backend", ""))
         ok, why = b.available() if b else (False, f"unknown backend {a.get('backend')!r}")
         if ok:
             return {**a, "backend": b.key}
         reasons.append(f"{a['file']}: {why}")
-    raise BackendUnavailable(f"no artifact can run here ({'; '.join(reasons) or 'the manifest lists none'})")
+        causes.append(why)
+    raise CannotRunHere(f"no artifact can run here ({'; '.join(reasons) or 'the manifest lists none'})", causes)
 
 
 def _checkpoint_preprocessing(ckpt: Path) -> Preprocessing:
@@ -171,13 +184,43 @@ def _select_on(model: str | os.PathLike, device: str, verify: bool) -> Selected:
     if not keys:
         raise UserError(f"device {device!r}: no backend runs there; choose from "
                         f"{', '.join(sorted({b.device for b in BACKENDS.values()}))}")
-    reasons = []
+    causes: dict[str, list[str]] = {}  # each distinct reason, whole -> the backends it stopped
+    absent = []  # backends the export has no artifact for
     for key in keys:
         try:
             return select(model, key, verify)
-        except UserError as exc:  # this backend has no artifact here, or cannot run: try the next one
-            reasons.append(str(exc))
-    raise BackendUnavailable(f"{model}: nothing runs on {device} here ({'; '.join(reasons)})")
+        except NoArtifactFor:
+            absent.append(key)
+        except CannotRunHere as exc:  # an artifact for it, but the backend cannot run here: try the next one
+            for why in exc.causes:
+                causes.setdefault(why, []).append(key)
+        except UserError as exc:  # a bad artifact for this backend (integrity, metadata): try the next one
+            causes.setdefault(str(exc), []).append(key)
+    raise BackendUnavailable(nothing_runs(model, device, causes, absent))
+
+
+def nothing_runs(model: str | os.PathLike, device: str, causes: dict[str, list[str]], absent: list[str]) -> str:
+    """One short line: why nothing runs on `device`, each reason once. When the device itself is missing (no CUDA
+    device, a CPU-only torch), that one cause is the line, whatever else each backend would need besides."""
+    tried = list(dict.fromkeys(k for ks in causes.values() for k in ks))
+    ok, why = _device_status(device) if causes else (True, "")
+    if not ok:
+        parts = [f"{why} (tried {', '.join(tried)})"]
+    else:
+        parts = [f"{', '.join(ks)}: {reason}" for reason, ks in causes.items()]
+    if absent:
+        parts.append(f"the export has no artifact for {'the other' if causes else 'any of the'} {len(absent)} "
+                     f"{device} backends")
+    return f"{model}: nothing runs on {device} here: {'; '.join(parts)}"
+
+
+def _device_status(device: str) -> tuple[bool, str]:
+    """(usable, why not) of a device kind itself, whatever the backends on it need besides."""
+    if device == "cuda":
+        from fuse_export.runners.cuda_base import cuda_status
+
+        return cuda_status()
+    return True, ""
 
 
 def select_for(model: str | os.PathLike, backend: str | None = None, device: str | None = None,
