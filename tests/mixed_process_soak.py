@@ -1,6 +1,6 @@
 """One long-lived process mixing torch, ONNX Runtime and OpenVINO, as `bench`, `serve` and `load()` do.
 
-Run by tests/openvino_cases.py in a child process under the debug allocators (PYTHONMALLOC=debug,
+Run by tests/test_openvino.py in a child process under the debug allocators (PYTHONMALLOC=debug,
 MALLOC_CHECK_=3, MALLOC_PERTURB_), so native memory corruption surfaces as a crash or an abort with the
 allocator's message instead of passing silently. Each loop: torch training steps (autograd, OpenMP pool),
 ONNX -> IR conversion, the bf16 runner's graph cut on a model read and dropped at once, every OpenVINO precision
@@ -8,8 +8,8 @@ through the registry's runners (bf16 and PyTorch bf16 where the CPU has it; else
 trunk/heads split is still built and run, at the f32 hint), ONNX Runtime, TorchScript, eager fp32,
 `fuse_export.bench` with the OpenVINO rows and `fuse_export.load()` predictions. Every array a runner returned
 is kept with a private copy and compared at the end: an output aliasing runtime memory that was freed and
-reused would change. A fresh process like this one does not reproduce the open SIGSEGV of the suite's long
-process (tests/test_openvino.py); it guards the runners' own memory handling.
+reused would change. (A fresh process like this one never reproduced the suite process's SIGSEGV of issue 27,
+which a Core per runner activation caused; it guards the runners' own memory handling.)
 
     python tests/mixed_process_soak.py EXPORT_DIR CHECKPOINT CSV [--loops N]
 """
@@ -55,7 +55,7 @@ def main() -> int:
     import fuse_export as fx
     from fuse_export.contract import Preprocessing
     from fuse_export.cpuinfo import cpu_features
-    from fuse_export.exporters.to_openvino import export_openvino, import_openvino
+    from fuse_export.exporters.to_openvino import export_openvino, import_openvino, shared_core
     from fuse_export.runners import openvino_runner
     from fuse_export.runners.registry import BACKENDS
 
@@ -79,7 +79,7 @@ def main() -> int:
             xml = Path(tmp) / f"loop{loop}.xml"
             export_openvino(args.export / files["onnxruntime"], xml, {"loop": loop})
             ov = import_openvino()  # the bf16 runner's cut, on a model read here and dropped at once
-            if openvino_runner.split_after_pooling(ov, ov.Core().read_model(str(xml))) is None:
+            if openvino_runner.split_after_pooling(ov, shared_core().read_model(str(xml))) is None:
                 print("the converted IR has no global pooling to cut after")
                 return 1
             for key, file in runs:

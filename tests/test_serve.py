@@ -325,6 +325,9 @@ def test_a_port_left_in_time_wait_by_a_stopped_server_counts_as_free() -> None:
     check_ports_free("127.0.0.1", {"--http-port": port})
 
 
+SENT_MARGIN_S = 0.25
+
+
 def test_sigterm_during_a_burst_completes_in_flight_requests_and_exits_0(tiny_export: Path) -> None:
     import tritonclient.grpc as g
 
@@ -381,7 +384,11 @@ def test_sigterm_during_a_burst_completes_in_flight_requests_and_exits_0(tiny_ex
     assert "stopping: draining in-flight requests" in out or "in-flight requests drained" in out, out
     in_flight = [r for r in records if r[0] < sigterm_at[0] < r[1]]
     assert in_flight, "no request was in flight at SIGTERM"
-    assert all(r[2] for r in records if r[0] < sigterm_at[0]), [r[3] for r in records if not r[2]]
+    # t0 is taken in the client thread before the call: with 8 threads sharing the GIL on a busy machine, a request
+    # stamped just before the signal may reach the server after it stopped accepting (refused UNAVAILABLE, which is
+    # right). One stamped SENT_MARGIN_S earlier was on the wire before the signal, and must have been completed.
+    sent_before = [r for r in records if r[0] < sigterm_at[0] - SENT_MARGIN_S]
+    assert sent_before and all(r[2] for r in sent_before), [r[3] for r in sent_before if not r[2]]
 
 
 def test_sigterm_to_the_group_at_ready_stops_at_once_and_cleans_up(tiny_export: Path) -> None:

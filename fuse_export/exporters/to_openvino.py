@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,22 @@ def import_openvino():
         raise BackendUnavailable(f"openvino is not installed: {install_hint('openvino')} "
                                  "(or pip install openvino)") from None
     return openvino
+
+
+_CORE = None
+_CORE_LOCK = threading.Lock()
+
+
+def shared_core():
+    """The process's one `openvino.Core`, made on first use. OpenVINO builds (2026.0 from conda-forge; the pip
+    build of 2026.x in Ultralytics' test runs) segfault once a process has created and queried a second Core,
+    and each Core loads its own CPU plugin, executors and TBB arenas: every reader, converter and runner here
+    shares one instead (the Core is safe to use from several threads)."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = import_openvino().Core()
+        return _CORE
 
 
 def weights_file(xml: str | os.PathLike) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fuse_export.contract import Preprocessing
-from fuse_export.exporters.to_openvino import import_openvino, read_ir
+from fuse_export.exporters.to_openvino import import_openvino, read_ir, shared_core
 from fuse_export.runners.base import Runner
 
 # Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values.
@@ -42,7 +42,7 @@ class OpenVinoRunner(Runner):
 
     def _activate(self) -> None:
         ov = import_openvino()
-        core = ov.Core()
+        core = shared_core()
         model = read_ir(core, self.path)
         split = split_after_pooling(ov, model) if self.precision == "bf16" else None
         if split is None:
