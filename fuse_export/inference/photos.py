@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fuse_export.data.badfiles import POLICIES
 from fuse_export.errors import DataError, UserError
 from fuse_export.extras import require
 from fuse_export.inference.selection import Selected, select_for
 from fuse_export.preprocess import IMAGE_SUFFIXES
 
 FAST_STARTUP_MAX = 32  # up to this many images, runners start fast rather than optimize for throughput
-ON_BAD = ("fail", "skip")  # an image that cannot be decoded: end the command (default), or leave it out and list it
 SKIP_HINT = "pass --on-bad skip to leave unreadable images out (each listed) and predict the rest"
 
 @dataclass
@@ -86,8 +86,8 @@ def predict_photos(model: str | os.PathLike, images: list[str | os.PathLike], ba
     from fuse_export.data import faces as facelib
     from fuse_export.preprocess import model_pixel, open_image
 
-    if on_bad not in ON_BAD:
-        raise UserError(f"--on-bad {on_bad!r}: choose one of {', '.join(ON_BAD)}")
+    if on_bad not in POLICIES:  # the data sets' bad-input policies: end at the first (default), or skip and list
+        raise UserError(f"--on-bad {on_bad!r}: choose one of {', '.join(POLICIES)}")
     if detect_faces:
         require("faces", "--detect-faces")  # before the artifact is selected and hashed
     sel = select_for(model, backend, device, verify)
