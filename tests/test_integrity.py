@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -239,9 +240,13 @@ def test_refused_loads_never_advise_weights_only_false(tmp_path):
     from fuse_export.model.weights import read_state_dict
     from fuse_export.training.checkpoint import read_checkpoint
 
-    (tmp_path / "rand.pt").write_bytes(os.urandom(4096))
+    # Seeded bytes, not os.urandom: what the unpickler raises varies with the bytes (about 1 draw in 8 is an
+    # IndexError rather than an UnpicklingError), so each branch gets bytes known to reach it.
+    (tmp_path / "rand.pt").write_bytes(random.Random(0).randbytes(4096))  # an UnpicklingError
+    (tmp_path / "rand2.pt").write_bytes(random.Random(2).randbytes(4096))  # an IndexError inside the unpickler
     (tmp_path / "empty.pt").write_bytes(b"")
-    for f, why in (("rand.pt", "corrupt pickle data"), ("empty.pt", "truncated")):
+    for f, why in (("rand.pt", "corrupt pickle data"), ("rand2.pt", "corrupt, or not a PyTorch file"),
+                   ("empty.pt", "truncated")):
         for reader in (read_checkpoint, read_state_dict):
             with pytest.raises(CheckpointError, match=why) as info:
                 reader(tmp_path / f)
