@@ -131,12 +131,29 @@ def where(rec: dict[str, Any]) -> str:
     return f"{rec['machine']}, {rec['date']}{run}"
 
 
+def readme_times() -> dict[str, Any]:
+    """`benchmarks/time_readme.py`'s record: the README's two commands timed on a clean clone."""
+    doc = json.loads((RESULTS_DIR / "readme_times.json").read_text(encoding="utf-8"))
+    doc["parts"] = {r["part"]: r for r in doc["rows"]}
+    doc["where"] = (f"{'' if doc['loaded'] else 'idle '}{doc['cpus']}-core {doc['cpu']}, {doc['date'][:10]}, "
+                    f"commit {doc['commit']}")
+    return doc
+
+
+def minutes(seconds: float) -> str:
+    """'6 min 11 s' (or '83 s' under two minutes)."""
+    s = round(seconds)
+    return f"{s} s" if s < 120 else f"{s // 60} min {s % 60} s"
+
+
 def render_setup_times() -> str:
-    suite, quick, load = quoted("test-suite"), quoted("quickstart"), quoted("load")
+    suite, load, t = quoted("test-suite"), quoted("load"), readme_times()
+    install, run = t["parts"]["command 1: install"]["seconds"], t["parts"]["command 1: quickstart"]["seconds"]
     return bullet(
-        f"Times, measured: the quickstart (command 1) {quick['wall']} ({where(quick)}); the test command's install "
-        f"{suite['install']} and the full suite {suite['seconds']} s (about {round(suite['seconds'] / 60)} minutes), "
-        f"{suite['passed']} passed and "
+        f"Times, measured on a clean clone (`python benchmarks/time_readme.py`; {t['where']}): command 1 "
+        f"{minutes(install + run)} (install {minutes(install)}, quickstart {minutes(run)}); command 2's install "
+        f"{minutes(t['parts']['command 2: install']['seconds'])} (with a local package cache) and the full suite "
+        f"{suite['seconds']} s (about {round(suite['seconds'] / 60)} minutes), {suite['passed']} passed and "
         f"{suite['skipped']} skipped ({where(suite)}). They hold on idle cores only: PyTorch's OpenMP threads spin "
         f"against any other job on the same cores, so training that ran at {load['alone_img_s']} img/s alone ran "
         f"at {load['loaded_img_s']} img/s beside another job ({where(load)}), and the quickstart took "
@@ -144,12 +161,17 @@ def render_setup_times() -> str:
 
 
 def render_quickstart() -> str:
-    r = quoted("quickstart")
+    t = readme_times()
+    q = t["parts"]["command 1: quickstart"]
+    acc = dict(re.findall(r"(fused|DCNN head|SCN head) ([\d.]+%)", q["accuracy_line"]))
+    names = {"torchscript": "TorchScript", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+    backends = " and ".join(names.get(b, b) for b in q["backends"])
+    dprob = f"{q['max_dprob']:.1e}".replace("e-0", "e-")
     return bullet(
-        f"Quickstart (`fuse-export quickstart`, defaults; {where(r)}; {r['wall']}): fused {r['fused']} test "
-        f"accuracy on the generated faces (DCNN and SCN heads {r['heads']}); TorchScript and ONNX Runtime within "
-        f"{r['max_dprob']} of eager, {r['agreement']} top-1 agreement (OpenVINO too, where the `openvino` extra is "
-        "installed).")
+        f"Quickstart (`fuse-export quickstart`, defaults; {t['where']}; {minutes(q['seconds'])}): fused "
+        f"{acc['fused']} test accuracy on the generated faces (DCNN head {acc['DCNN head']}, SCN head "
+        f"{acc['SCN head']}); {backends} within {dprob} of eager, {100 * q['min_agreement']:.0f}% "
+        "top-1 agreement (OpenVINO too, where the `openvino` extra is installed).")
 
 
 def render_cpu_speed() -> str:
