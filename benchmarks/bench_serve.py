@@ -1,466 +1,385 @@
-"""Load test of `fuse-export serve` on loopback: a real Triton server, an async gRPC client, bounded runs.
+"""Load test of `fuse-export serve` with Triton's own load generator, the in-process runner interleaved (issue 28).
 
-For dynamic batching on and then off, it starts `fuse-export serve EXPORT` (a separate process, so the load
-generator does not share its GIL) and, at each concurrency level, keeps that many batch-1 requests in flight
-for a fixed time after a warm-up, recording per-request latency and errors, and Triton's own counters. The
-in-process runner (the same backend and thread count as the server's, no server) is measured *around* every
-served measurement, so that a change in machine load cannot fake a ratio:
+For each export (say a 64 px and a 224 px one), each server setting (dynamic batching on/off, runner threads
+spin-waiting or not) it starts `fuse-export serve` (its own process) and measures, in this order:
 
-* the ceiling (throughput at the best batch size, found once by a sweep) right before and right after each
-  level; the level's ratio uses their mean, and their spread is printed as the drift;
-* batch-1 latency in blocks alternating with served batch-1 requests (c=1), so both see the same load;
-* the client's cost of building one request (serialization), which the c=1 target allows for.
+* `paired`: batch-1 requests at concurrency 1 in blocks alternating with the in-process runner (the same backend
+  and thread count, no server), ABBA order, so both see the same load; over the served blocks, the per-hop
+  breakdown of a request (fuse_export.deploy.hops: Triton's statistics and the stub's own counters);
+* `level C`: `perf_analyzer` (the perf-analyzer package) at concurrency C, batch 1, gRPC: throughput,
+  p50/p90/p99, its server-side columns, Triton's failures; the in-process ceiling (throughput at the best batch
+  size) measured right before and right after it, in the same run, and the level's ratio taken to their mean;
+* optionally `replicas`: two `serve` processes at once, half the threads each, every client request sent to
+  them in turn, against one server, at the same concurrency (a scale-out on one machine).
 
-Every phase also records the CPU that processes other than the benchmark and the server used (from
-/proc/stat): a phase where others used more than --quiet-cores is marked as disturbed. The targets of the
-issue are checked at the end, each with its verdict.
+Every finished cell is one JSON line in --out at once, and a rerun skips the cells already there (resumable;
+start it detached with `setsid nohup ... &`). Each cell records the load average before and after it and the CPU
+that other processes used. `benchmarks/bench_serve_report.py` turns the file into RESULTS.md's tables.
 
-    python benchmarks/bench_serve.py EXPORT_DIR [--levels 1,4,16,64] [--seconds 6] [--json out.json]
-
-Every loop is bounded in time and count, and every request has a timeout; loopback only.
+    python benchmarks/bench_serve.py EXPORT_64 EXPORT_224 --out benchmarks/results/bench_serve.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import datetime as dt
 import json
 import os
-import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fuse_export.deploy.environment import free_ports, runner_threads
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-REQUEST_TIMEOUT_S = 120.0  # a hung server fails the request, it does not hang the benchmark
-MAX_REQUESTS_PER_LEVEL = 50_000
+from bench_serve_load import InProcess, Others, load_average, machine, pct, serialization_ms, tree_cpu_s  # noqa: E402
 
+from fuse_export.deploy.environment import free_ports, runner_threads  # noqa: E402
+from fuse_export.deploy.hops import breakdown, snapshot  # noqa: E402
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-# --- what else runs on the machine -------------------------------------------------------------------------
-
-def _stat_busy_s() -> float:
-    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O) since boot."""
-    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+REQUEST_TIMEOUT_S = 120.0
+MODEL = "fer"
 
 
-def _tree_cpu_s(root: int) -> float:
-    """CPU seconds used so far by `root` and its living descendants (the server: tritonserver and its stubs)."""
-    tick, kids, own = os.sysconf("SC_CLK_TCK"), {}, {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
+def perf_analyzer_binary() -> str:
+    """perf_analyzer, found or fetched by get_perf_analyzer.sh (pip's perf-analyzer needs glibc >= 2.38)."""
+    run = subprocess.run(["bash", str(HERE / "get_perf_analyzer.sh")], capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"perf_analyzer: {run.stderr.strip().splitlines()[-1:]}")
+    return run.stdout.strip().splitlines()[-1]
+
+
+def parse_setting(setting: str, default_delay: int) -> tuple[bool, int, str]:
+    """'on:500/run' -> (dynamic batching, max queue delay in us, spin mode: runners.base.SPIN_MODES)."""
+    batching, spin = setting.split("/")
+    mode, _, delay = batching.partition(":")
+    return mode == "on", int(delay) if delay else default_delay, spin
+
+
+# --- one server --------------------------------------------------------------------------------------------
+
+class Served:
+    """`fuse-export serve EXPORT` in a process of its own, on free loopback ports, until closed."""
+
+    def __init__(self, export: Path, threads: int, setting: str, args: argparse.Namespace) -> None:
+        dynamic, delay, spin = parse_setting(setting, args.max_queue_delay_us)
+        http, grpc, metrics = free_ports(3)
+        cmd = [sys.executable, "-m", "fuse_export", "serve", str(export), "--host", "127.0.0.1",
+               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+               "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-us", str(delay),
+               "--dynamic-batching" if dynamic else "--no-dynamic-batching",
+               "--spin", spin, "--drain-timeout", "5", "--instances", "1",
+               "--threads", str(threads), "--backend", args.backend]
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-serve-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.grpc, self.http = f"127.0.0.1:{grpc}", f"http://127.0.0.1:{http}"
+        self.metrics = f"http://127.0.0.1:{metrics}/metrics"
+        import urllib.request
+
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"serve exited with {self.proc.returncode}: {Path(self.log.name).read_text()}")
             try:
-                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            kids.setdefault(int(f[1]), []).append(int(d.name))
-            own[int(d.name)] = (int(f[11]) + int(f[12])) / tick
-    total, todo = 0.0, [root]
-    while todo:
-        p = todo.pop()
-        total += own.get(p, 0.0)
-        todo += kids.get(p, [])
-    return total
+                with urllib.request.urlopen(f"{self.http}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.close()
+                raise SystemExit("serve did not become ready in 300 s")
+            time.sleep(0.3)
 
+    def stats(self) -> dict[str, float]:
+        return snapshot(self.http, self.metrics, MODEL)
 
-class Others:
-    """Cores used by every process but this benchmark (and its threads) and the server's process tree."""
-
-    def __init__(self, server_pid: int | None = None) -> None:
-        self.server_pid = server_pid
-
-    def _ours(self) -> float:
-        return time.process_time() + (_tree_cpu_s(self.server_pid) if self.server_pid else 0.0)
-
-    def __enter__(self) -> Others:
-        self._t, self._busy, self._ours0 = time.perf_counter(), _stat_busy_s(), self._ours()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self._t
-        # A server process that exited inside the phase takes its CPU with it: floor at zero.
-        self.cores = max(0.0, (_stat_busy_s() - self._busy) - (self._ours() - self._ours0)) / max(wall, 1e-9)
-
-
-def machine() -> dict:
-    from fuse_export.cpuinfo import cpu_features
-
-    cpu = cpu_features()
-    versions = {}
-    for pkg in ("onnxruntime", "nvidia-pytriton", "tritonclient", "numpy"):
+    def close(self) -> int:
+        with_group = getattr(self.proc, "pid", None)
+        if self.proc.poll() is None and with_group:
+            self.proc.send_signal(signal.SIGTERM)
         try:
-            import importlib.metadata as md
-
-            versions[pkg] = md.version(pkg)
-        except Exception:
-            versions[pkg] = None
-    return {"cpu": cpu.to_dict(), "summary": cpu.summary(), "python": platform.python_version(), "versions": versions}
-
-
-def load_average() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
+            code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait()
+        Path(self.log.name).unlink(missing_ok=True)
+        return code
 
 
-# --- the in-process runner ------------------------------------------------------------------------------------
+# --- the cells -----------------------------------------------------------------------------------------------
 
-@dataclass
-class InProcess:
-    """The runner the server runs (same backend, same threads), called directly: no server, no serialization."""
-
-    runner: object
-    size: int
-
-    def images(self, batch: int, seed: int = 0) -> np.ndarray:
-        return np.random.default_rng(seed).normal(size=(batch, 3, self.size, self.size)).astype(np.float32)
-
-    def throughput(self, batch: int, seconds: float) -> float:
-        x = self.images(batch)
-        self.runner.infer({"image": x})  # this shape's first call (memory planning) is not a steady-state one
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            self.runner.infer({"image": x})
-            n += batch
-        return n / (time.perf_counter() - t0)
-
-
-def ceiling_sweep(ip: InProcess, batches: list[int], seconds: float) -> dict[int, float]:
-    return {b: ip.throughput(b, seconds) for b in batches}
-
-
-def paired_batch1(ip: InProcess, url: str, blocks: int, per_block: int) -> dict:
-    """Batch-1 latency in process and served (c=1, sync gRPC client), in alternating blocks (ABBA order), so
-    that both see the same machine load; blocks rather than single requests so that one path's thread pool
-    winding down does not land in the other's timing more than once per block."""
+def paired(ip: InProcess, server: Served, blocks: int, per_block: int, gap_s: float) -> dict:
+    """Batch-1 latency in process and served (c=1, sync gRPC), alternating blocks (ABBA); hops over the served."""
     import tritonclient.grpc as g
 
     x = ip.images(1, seed=3)
-    client = g.InferenceServerClient(url)
+    client = g.InferenceServerClient(server.grpc)
 
     def served() -> None:
-        inp = g.InferInput("image", list(x.shape), "FP32")
+        inp = g.InferInput("image", list(x.shape), ip.triton_dtype)
         inp.set_data_from_numpy(x)
-        client.infer("fer", [inp], client_timeout=REQUEST_TIMEOUT_S)
+        client.infer(MODEL, [inp], client_timeout=REQUEST_TIMEOUT_S)
 
     def local() -> None:
         ip.runner.infer({"image": x})
 
-    for _ in range(5):
+    def local_after_gap() -> None:  # timed from after the sleep (see below)
+        ip.runner.infer({"image": x})
+
+    for _ in range(10):
         local()
         served()
-    lat: dict[str, list[float]] = {"local": [], "served": []}
+    # Three arms: in process back to back; served; in process with an idle gap before each call as long as the
+    # served request's time outside the runner, so a runner that is slower after idling is told from the server.
+    lat: dict[str, list[float]] = {"local": [], "served": [], "local_gap": []}
+    # Triton counts only `fer`'s inferences, so one snapshot around everything holds the served arm's hops alone.
+    # The server's CPU is read around served blocks only when they hold several requests (reading /proc is
+    # itself activity between calls, which per-request alternation must not add).
+    hop_before, served_s, server_cpu_s = server.stats(), 0.0, 0.0
     for b in range(blocks):
-        order = (("local", local), ("served", served)) if b % 4 in (0, 3) else (("served", served), ("local", local))
+        arms = [("local", local), ("served", served), ("local_gap", local_after_gap)]
+        order = arms if b % 2 == 0 else arms[::-1]
         for key, fn in order:
+            if key == "served" and per_block > 1:
+                cpu0 = tree_cpu_s(server.proc.pid)
             for _ in range(per_block):
+                if key == "local_gap":
+                    time.sleep(gap_s)
                 t0 = time.perf_counter()
                 fn()
                 lat[key].append(1e3 * (time.perf_counter() - t0))
+                if key == "served":
+                    served_s += lat[key][-1] / 1e3
+            if key == "served" and per_block > 1:
+                server_cpu_s += tree_cpu_s(server.proc.pid) - cpu0
+    hop_after = server.stats()
     client.close()
-    lo, se = lat["local"], lat["served"]
+    lo, se, lg = lat["local"], lat["served"], lat["local_gap"]
+    diffs = np.asarray(se) - np.asarray(lo)  # request i served vs request i in process, same block pair
     return {"n": len(lo), "blocks": blocks, "in_process_p50_ms": pct(lo, 50), "in_process_p99_ms": pct(lo, 99),
-            "served_p50_ms": pct(se, 50), "served_p99_ms": pct(se, 99)}
+            "in_process_after_gap_p50_ms": pct(lg, 50), "gap_ms": 1e3 * gap_s,
+            "in_process_mean_ms": float(np.mean(lo)), "served_mean_ms": float(np.mean(se)),
+            # CPU the whole server (tritonserver, both stubs) burned per served request, all threads together
+            "server_cpu_ms_per_request": 1e3 * server_cpu_s / len(se) if per_block > 1 else None,
+            "per_block": per_block,
+            "served_p50_ms": pct(se, 50), "served_p99_ms": pct(se, 99), "diff_p50_ms": pct(se, 50) - pct(lo, 50),
+            "paired_diff_median_ms": float(np.median(diffs)),
+            "hops": breakdown(hop_before, hop_after, 1e3 * served_s / len(se))}
 
 
-def serialization_ms(size: int, n: int = 200) -> float:
-    """The client's cost of turning one [1,3,H,W] float32 array into a gRPC request (median)."""
-    import tritonclient.grpc as g
-    from tritonclient.grpc import _utils
-
-    x = np.random.default_rng(0).normal(size=(1, 3, size, size)).astype(np.float32)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        inp = g.InferInput("image", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        _utils._get_inference_request("fer", [inp], "", "", None, 0, False, False, 0, None, None).SerializeToString()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * pct(times, 50)
+def input_data(ip: InProcess, folder: Path) -> Path:
+    """perf_analyzer's input: the in-process runner's own batch-1 image (its random default sends arbitrary float
+    bit patterns, NaN included, which the server rightly refuses as a broken output)."""
+    x = ip.images(1, seed=3)[0]
+    path = folder / f"input-{ip.size}.json"
+    path.write_text(json.dumps({"data": [{"image": {"content": x.reshape(-1).tolist(), "shape": list(x.shape)}}]}))
+    return path
 
 
-# --- the served levels ----------------------------------------------------------------------------------------
+def perf_analyzer_level(server: Served, concurrency: int, data: Path, args: argparse.Namespace) -> dict:
+    """One concurrency level, measured by perf_analyzer (which stops at the first failed request); Triton's
+    statistics over the level give its server-side hops."""
+    out = Path(tempfile.mkdtemp(prefix="pa-")) / "level.csv"
+    cmd = [args.perf_analyzer, "-m", MODEL, "-u", server.grpc, "-i", "grpc", "-b", "1", "--input-data", str(data),
+           "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(args.window_ms),
+           "--max-trials", str(args.max_trials), "--stability-percentage", str(args.stability), "-f", str(out),
+           "--verbose-csv"]
+    if concurrency > 1:
+        cmd.append("--async")
+    before = server.stats()
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=args.window_ms / 1000 * (args.max_trials + 4)
+                         + 120)
+    after = server.stats()
+    # Triton counts a Python-backend error response as a success: errors are the client's (perf_analyzer's rc).
+    row: dict = {"concurrency": concurrency, "perf_analyzer_rc": run.returncode,
+                 "triton_requests": after["requests"] - before["requests"], "hops": breakdown(before, after)}
+    said = [ln.strip() for ln in (run.stdout + run.stderr).splitlines() if ln.strip()]
+    row["errors"] = sum("had error" in ln for ln in said)  # perf_analyzer's line for a failed request
+    row["unstable"] = any("stable" in ln.lower() and ("fail" in ln.lower() or "unable" in ln.lower()) for ln in said)
+    if run.returncode != 0 or not out.is_file():
+        row["said"] = said[-4:]
+        return row
+    with open(out, newline="") as f:
+        rec = next(csv.DictReader(f))
+    shutil.rmtree(out.parent, ignore_errors=True)
+    us = lambda k: float(rec[k]) / 1e3  # noqa: E731 - perf_analyzer's columns are microseconds
+    row.update({"img_s": float(rec["Inferences/Second"]), "p50_ms": us("p50 latency"), "p90_ms": us("p90 latency"),
+                "p99_ms": us("p99 latency"), "avg_ms": us("Avg latency"), "client_send_ms": us("Client Send"),
+                "client_recv_ms": us("Client Recv"), "wire_and_server_ms": us("Network+Server Send/Recv"),
+                "server_queue_ms": us("Server Queue"), "server_compute_infer_ms": us("Server Compute Infer")})
+    return row
 
-async def load_level(url: str, model: str, x: np.ndarray, concurrency: int, warmup: float, seconds: float) -> dict:
-    """`concurrency` clients, each with one batch-1 request in flight at a time (a closed loop).
 
-    Warm-up lasts `warmup` seconds and until every client has had an answer (steady state); then the measured
-    window lasts `seconds`, or twice the slowest warm-up latency if that is longer (so a window holds whole
-    requests even when a loaded machine answers slowly). Throughput counts the requests that complete inside
-    the window; latencies are theirs; errors count every failed request, warm-up included.
-    """
+async def _round_robin(urls: list[str], x: np.ndarray, dtype: str, concurrency: int, seconds: float) -> dict:
+    """`concurrency` closed-loop clients; request k of each goes to the next server in turn."""
     import tritonclient.grpc.aio as ga
 
-    client = ga.InferenceServerClient(url)
-    done: list[tuple[float, float, bool, str]] = []
-    answered = [False] * concurrency
-    window: list[float] = []  # [start, end] once warm
-    t_begin = time.perf_counter()
-    give_up = t_begin + warmup + 4 * seconds + 2 * REQUEST_TIMEOUT_S  # a bound even if the window keeps growing
+    clients = [ga.InferenceServerClient(u) for u in urls]
+    lat, errors, turn = [], 0, [0]
+    t_end = time.perf_counter() + 1.0 + seconds  # 1 s warm-up, then the window
+    t_window = t_end - seconds
 
-    async def worker(k: int) -> None:
-        while (not window or time.perf_counter() < window[1]) and time.perf_counter() < give_up \
-                and len(done) < MAX_REQUESTS_PER_LEVEL:
-            t0 = time.perf_counter()
-            inp = ga.InferInput("image", list(x.shape), "FP32")
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < t_end:
+            c = clients[turn[0] % len(clients)]
+            turn[0] += 1
+            inp = ga.InferInput("image", list(x.shape), dtype)
             inp.set_data_from_numpy(x)
+            t0 = time.perf_counter()
             try:
-                res = await client.infer(model, [inp], client_timeout=REQUEST_TIMEOUT_S)
-                ok, why = res.as_numpy("probabilities") is not None, ""
-            except Exception as exc:
-                ok, why = False, str(exc).splitlines()[0][:160]
-            done.append((t0, time.perf_counter(), ok, why))
-            answered[k] = True
+                await c.infer(MODEL, [inp], client_timeout=REQUEST_TIMEOUT_S)
+                if t0 >= t_window:
+                    lat.append(1e3 * (time.perf_counter() - t0))
+            except Exception:  # noqa: BLE001 - counted, the run goes on
+                errors += 1
 
-    async def clock() -> None:
-        while (time.perf_counter() - t_begin < warmup or not all(answered)) and time.perf_counter() < give_up:
-            await asyncio.sleep(0.05)
-        slowest = max((t1 - t0 for t0, t1, _, _ in done), default=0.0)
-        now = time.perf_counter()
-        window.extend([now, now + max(seconds, 2 * slowest)])
-
-    await asyncio.gather(clock(), *(worker(k) for k in range(concurrency)))
-    await client.close()
-    w0, w1 = window
-    inside = [r for r in done if w0 <= r[1] <= w1]
-    ms = [1e3 * (t1 - t0) for t0, t1, ok, _ in inside if ok]
-    errors = [r[3] for r in done if not r[2]]
-    return {"concurrency": concurrency, "window_s": w1 - w0, "requests": len(ms), "requests_total": len(done),
-            "errors": len(errors), "error_examples": sorted(set(errors))[:3], "img_s": len(ms) / (w1 - w0),
-            "p50_ms": pct(ms, 50), "p90_ms": pct(ms, 90), "p99_ms": pct(ms, 99)}
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    for c in clients:
+        await c.close()
+    return {"img_s": len(lat) / seconds, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "errors": errors}
 
 
-METRICS = ("nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count",
-           "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-           "nv_inference_compute_infer_duration_us")
-
-
-def scrape(metrics_url: str, model: str = "fer") -> dict[str, float]:
-    """Triton's own counters for one model (Prometheus text): requests, batches run, and time spent where."""
-    import urllib.request
-
-    with urllib.request.urlopen(metrics_url, timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition("{")
-        if name in METRICS and f'model="{model}"' in rest:
-            out[name] = float(rest.rsplit(" ", 1)[1])
-    return out
-
-
-def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Per request: the mean time inside Triton, in its queue, and in compute (the backend stub running the
-    runner, inputs and outputs included); and the mean batch size Triton ran."""
-    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in METRICS}
-    n = max(d["nv_inference_request_success"], 1.0)
-    return {"server_ms": d["nv_inference_request_duration_us"] / n / 1e3,
-            "queue_ms": d["nv_inference_queue_duration_us"] / n / 1e3,
-            "infer_ms": d["nv_inference_compute_infer_duration_us"] / n / 1e3,
-            "mean_batch": d["nv_inference_count"] / max(d["nv_inference_exec_count"], 1.0)}
-
-
-def start_server(export: Path, args: argparse.Namespace, dynamic: bool) -> tuple[subprocess.Popen, str, str]:
-    http, grpc, metrics = free_ports(3)
-    cmd = [sys.executable, "-m", "fuse_export", "serve", str(export), "--host", "127.0.0.1",
-           "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-           "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-us", str(args.max_queue_delay_us),
-           "--dynamic-batching" if dynamic else "--no-dynamic-batching", "--drain-timeout", "5",
-           "--instances", str(args.instances), "--threads", str(args.resolved_threads), "--backend", args.backend]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    import tritonclient.grpc as g
-
-    client, deadline = g.InferenceServerClient(f"127.0.0.1:{grpc}"), time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"serve exited with {proc.returncode}:\n{proc.stdout.read()}")
+def replicas(export: Path, ip: InProcess, args: argparse.Namespace, threads: int) -> dict:
+    """One server with `threads` threads against two with half each, the same client and concurrency."""
+    x = ip.images(1, seed=5)
+    out = {"concurrency": args.replica_concurrency}
+    for key, n, t in (("one", 1, threads), ("two", 2, max(1, threads // 2))):
+        servers = [Served(export, t, args.replica_setting, args) for _ in range(n)]
         try:
-            if client.is_model_ready("fer"):
-                break
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit("serve did not become ready in 300 s")
-        time.sleep(0.3)
-    client.close()
-    return proc, f"127.0.0.1:{grpc}", f"http://127.0.0.1:{metrics}/metrics"
-
-
-def stop_server(proc: subprocess.Popen) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
-def run_mode(ip: InProcess, best: int, export: Path, args: argparse.Namespace, dynamic: bool) -> dict:
-    proc, url, metrics_url = start_server(export, args, dynamic)
-    x = ip.images(1, seed=1)
-    mode: dict = {"dynamic_batching": dynamic, "levels": []}
-    try:
-        if args.pairs:
-            with Others(proc.pid) as o:
-                mode["paired_batch1"] = paired_batch1(ip, url, args.pairs, args.per_block)
-            mode["paired_batch1"]["others_cores"] = o.cores
-        for c in args.level_list:
-            with Others(proc.pid) as o_before:
-                before_img_s = ip.throughput(best, args.ceiling_seconds)
-            m0 = scrape(metrics_url)
-            with Others(proc.pid) as o_level:
-                row = asyncio.run(load_level(url, "fer", x, c, args.warmup, args.seconds))
-            row.update(server_side(m0, scrape(metrics_url)))  # warm-up included
-            with Others(proc.pid) as o_after:
-                after_img_s = ip.throughput(best, args.ceiling_seconds)
-            ceiling = (before_img_s + after_img_s) / 2
-            row.update({"ceiling_before": before_img_s, "ceiling_after": after_img_s, "ceiling": ceiling,
-                        "drift": abs(before_img_s - after_img_s) / ceiling, "x_ceiling": row["img_s"] / ceiling,
-                        "others_cores": max(o_before.cores, o_level.cores, o_after.cores)})
-            mode["levels"].append(row)
-            print(f"dynamic batching {'on' if dynamic else 'off'}: c={c} {row['img_s']:.1f} img/s "
-                  f"({row['x_ceiling']:.2f}x the ceiling {before_img_s:.1f}/{after_img_s:.1f} before/after) p50 "
-                  f"{row['p50_ms']:.1f} ms p99 {row['p99_ms']:.1f} ms errors {row['errors']} mean batch "
-                  f"{row['mean_batch']:.1f}; others {row['others_cores']:.2f} cores", flush=True)
-    finally:
-        mode["serve_exit_code"] = stop_server(proc)
-    return mode
-
-
-# --- the verdicts and the report ------------------------------------------------------------------------------
-
-def verdicts(doc: dict, quiet: float, max_drift: float) -> list[dict]:
-    out = []
-
-    def add(target: str, met: bool, measured: str, disturbed: float, drift: float = 0.0) -> None:
-        out.append({"target": target, "met": met, "measured": measured, "others_cores": disturbed,
-                    "disturbed": disturbed > quiet, "drift": drift, "drifted": drift > max_drift})
-
-    rows = [(m["dynamic_batching"], r) for m in doc["serve"] for r in m["levels"]]
-    errors = sum(r["errors"] for _, r in rows)
-    total = sum(r["requests_total"] for _, r in rows)
-    add(f"zero errors at c={','.join(map(str, doc['levels']))} (both modes)", errors == 0,
-        f"{errors} errors in {total} requests", max((r["others_cores"] for _, r in rows), default=0.0))
-    for dyn, r in rows:
-        if dyn and r["concurrency"] == 16:
-            add("dynamic batching: c=16 throughput >= 0.8x the in-process best-batch ceiling", r["x_ceiling"] >= 0.8,
-                f"{r['img_s']:.1f} img/s = {r['x_ceiling']:.2f}x ({r['ceiling_before']:.1f}/{r['ceiling_after']:.1f} "
-                f"img/s before/after, drift {100 * r['drift']:.0f}%)", r["others_cores"], r["drift"])
-    ser = doc["serialization_ms"]
-    for m in doc["serve"]:
-        p = m.get("paired_batch1")
-        if not p:
-            continue
-        for q in ("p50", "p99"):
-            diff = p[f"served_{q}_ms"] - p[f"in_process_{q}_ms"]
-            add(f"c=1 {q} within 2 ms of in-process batch 1 + serialization ({ser:.2f} ms), dynamic batching "
-                f"{'on' if m['dynamic_batching'] else 'off'}", diff <= 2.0 + ser,
-                f"served {p[f'served_{q}_ms']:.2f} vs in process {p[f'in_process_{q}_ms']:.2f} ms: "
-                f"+{diff:.2f} ms", p["others_cores"])
+            with Others(*[s.proc.pid for s in servers]) as o:
+                out[key] = asyncio.run(_round_robin([s.grpc for s in servers], x, ip.triton_dtype, args.replica_concurrency,
+                                                    args.replica_seconds))
+            out[key].update({"servers": n, "threads_each": t, "others_cores": o.cores})
+        finally:
+            for s in servers:
+                s.close()
+    out["two_over_one"] = out["two"]["img_s"] / out["one"]["img_s"]
     return out
 
 
-def markdown(doc: dict) -> str:
-    ip, lines = doc["in_process"], []
-    lines.append(f"Machine: {doc['machine']['summary']}; load average {doc['load_before']} before, "
-                 f"{doc['load_after']} after. Runner: {ip['backend']}, {doc['threads']} thread(s) per instance, "
-                 f"{doc['instances']} instance(s).")
-    lines.append(f"In-process sweep ({ip['image_size']} px): "
-                 + ", ".join(f"batch {b} {v:.1f} img/s" for b, v in ip["sweep"].items())
-                 + f"; best batch {ip['best_batch']}. Client serialization of one request: "
-                 f"{doc['serialization_ms']:.2f} ms (median).")
-    lines += ["", "| dynamic batching | concurrency | img/s | ceiling before/after img/s | x ceiling | p50 ms | p90 ms "
-                  "| p99 ms | requests in window (all) | errors | in Triton ms | queue ms | compute ms | mean batch "
-                  "| others' cores |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for mode in doc["serve"]:
-        for r in mode["levels"]:
-            lines.append(f"| {'on' if mode['dynamic_batching'] else 'off'} | {r['concurrency']} | {r['img_s']:.1f} | "
-                         f"{r['ceiling_before']:.1f} / {r['ceiling_after']:.1f} | {r['x_ceiling']:.2f} | "
-                         f"{r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['requests']} "
-                         f"({r['requests_total']}) | {r['errors']} | {r['server_ms']:.1f} | {r['queue_ms']:.2f} | "
-                         f"{r['infer_ms']:.1f} | {r['mean_batch']:.1f} | {r['others_cores']:.2f} |")
-    for mode in doc["serve"]:
-        p = mode.get("paired_batch1")
-        if p:
-            lines.append(f"\nBatch 1 at c=1, {p['n']} requests each way in {p['blocks']} alternating blocks (dynamic "
-                         f"batching {'on' if mode['dynamic_batching'] else 'off'}): in process p50 "
-                         f"{p['in_process_p50_ms']:.2f} / p99 {p['in_process_p99_ms']:.2f} ms; served p50 "
-                         f"{p['served_p50_ms']:.2f} / p99 {p['served_p99_ms']:.2f} ms; others "
-                         f"{p['others_cores']:.2f} cores.")
-    lines += ["", "| target | measured | verdict |", "|---|---|---|"]
-    for v in doc["verdicts"]:
-        note = f" (disturbed: others used {v['others_cores']:.2f} cores)" if v["disturbed"] else ""
-        note += f" (the ceiling drifted {100 * v['drift']:.0f}% across the level)" if v["drifted"] else ""
-        lines.append(f"| {v['target']} | {v['measured']} | {'met' if v['met'] else 'NOT met'}{note} |")
-    return "\n".join(lines)
+# --- the run ---------------------------------------------------------------------------------------------------
+
+def done_cells(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    return {json.loads(ln)["cell"] for ln in path.read_text().splitlines() if ln.strip()}
+
+
+def write_cell(path: Path, cell: str, record: dict) -> None:
+    record = {"cell": cell, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **record}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps({k: record[k] for k in record if k not in ("hops", "machine")})[:400], flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("export", type=Path, help="export folder (manifest.json), e.g. a 224 px ONNX export")
+    ap.add_argument("exports", type=Path, nargs="+", help="export folders (manifest.json) to serve")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_serve.jsonl")
     ap.add_argument("--backend", default="onnxruntime")
-    ap.add_argument("--levels", default="1,4,16,64")
+    ap.add_argument("--levels", default="1,4,16")
     ap.add_argument("--batches", default="1,4,8,16,32", help="in-process batch sizes swept for the best one")
-    ap.add_argument("--seconds", type=float, default=6.0, help="measured time per level")
-    ap.add_argument("--warmup", type=float, default=1.5, help="unmeasured time before each level")
-    ap.add_argument("--ceiling-seconds", type=float, default=3.0, help="in-process time before and after a level")
-    ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument("--settings", default="off/run,on:500/run,on:0/run,on:0/on,on:0/off",
+                    help="dynamic batching on[:max queue delay us]|off / runner spin mode on|off|run, comma-separated")
+    ap.add_argument("--levels-for", default="off/run,on:500/run,on:0/run,on:0/on,on:0/off",
+                    help="settings that get the perf_analyzer sweep")
+    ap.add_argument("--replica-setting", default="on:0/run")
+    ap.add_argument("--in-process-spin", default="same", choices=("same", "on", "off", "run"),
+                    help="the in-process runner's spin mode (same: the served setting's)")
+    ap.add_argument("--interleave-each", default="on:0/run", help="settings that also get a c=1 cell alternating "
+                    "every single request (not blocks): is the runner slower between other processes' work?")
+    ap.add_argument("--window-ms", type=int, default=4000, help="perf_analyzer's measurement interval")
+    ap.add_argument("--max-trials", type=int, default=6)
+    ap.add_argument("--stability", type=int, default=25, help="perf_analyzer's stability percentage")
+    ap.add_argument("--ceiling-seconds", type=float, default=3.0)
+    ap.add_argument("--blocks", type=int, default=20, help="alternating in-process/served blocks at c=1")
+    ap.add_argument("--per-block", type=int, default=10)
+    ap.add_argument("--gap-ms", type=float, default=3.0, help="idle time before each call of the in-process arm "
+                    "that mimics a served request's time outside the runner")
+    ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-queue-delay-us", type=int, default=500)
-    ap.add_argument("--instances", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="runner threads (default: what `serve` picks)")
-    ap.add_argument("--modes", default="on,off", help="dynamic batching modes to run")
-    ap.add_argument("--pairs", type=int, default=8, help="alternating in-process/served batch-1 blocks (0: none)")
-    ap.add_argument("--per-block", type=int, default=10, help="requests per block")
-    ap.add_argument("--quiet-cores", type=float, default=0.15,
-                    help="others' CPU above which a measurement is marked as disturbed")
-    ap.add_argument("--max-drift", type=float, default=0.15,
-                    help="ceiling change across a level above which its ratio is marked as drifted")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--replicas", action="store_true", help="also the two-replica scale-out cell")
+    ap.add_argument("--replica-concurrency", type=int, default=16)
+    ap.add_argument("--replica-seconds", type=float, default=8.0)
     args = ap.parse_args()
-    args.level_list = [int(v) for v in args.levels.split(",")]
-    # The same thread count in the server and in process (and explicit: see serve_env.runner_threads).
-    args.resolved_threads = runner_threads(args.threads, args.instances)
+    args.perf_analyzer = perf_analyzer_binary()
+    threads = runner_threads(args.threads, 1)
+    done = done_cells(args.out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    mach = machine()
+    print(f"{mach['summary']}; load average {load_average()}", flush=True)
     from fuse_export.inference.selection import select
     from fuse_export.runners.registry import BACKENDS
 
-    doc: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-                 "load_before": load_average(), "command": " ".join(sys.argv), "levels": args.level_list,
-                 "seconds_per_level": args.seconds, "warmup_s": args.warmup, "max_batch_size": args.max_batch_size,
-                 "max_queue_delay_us": args.max_queue_delay_us, "threads": args.resolved_threads,
-                 "instances": args.instances, "serve": []}
-    print(f"{doc['machine']['summary']}; load average {doc['load_before']}", flush=True)
-    sel = select(args.export, args.backend)
-    with BACKENDS[sel.backend].factory(sel.path, sel.checkpoint, sel.pre, args.resolved_threads, sel.embed) as r:
-        ip = InProcess(r, sel.pre.image_size)
-        with Others() as o:
-            sweep = ceiling_sweep(ip, [int(v) for v in args.batches.split(",")], args.ceiling_seconds)
-        best = max(sweep, key=sweep.get)
-        doc["in_process"] = {"backend": sel.backend, "image_size": ip.size, "sweep": sweep, "best_batch": best,
-                             "others_cores": o.cores}
-        print("in process: " + ", ".join(f"batch {b} {v:.1f} img/s" for b, v in sweep.items())
-              + f"; best batch {best}", flush=True)
-        doc["serialization_ms"] = serialization_ms(ip.size)
-        for mode in args.modes.split(","):
-            doc["serve"].append(run_mode(ip, best, args.export, args, mode.strip() == "on"))
-    doc["load_after"] = load_average()
-    doc["verdicts"] = verdicts(doc, args.quiet_cores, args.max_drift)
-    doc["markdown"] = markdown(doc)
-    print(doc["markdown"])
-    if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        tmp.replace(args.json)
+    for export in args.exports:
+        sel = select(export, args.backend)
+        size = sel.pre.image_size
+        with BACKENDS[sel.backend].factory(sel.path, sel.checkpoint, sel.pre, threads, sel.embed) as runner:
+            ip = InProcess(runner, size)
+            data = input_data(ip, Path(tempfile.mkdtemp(prefix="bench-serve-")))
+            # An export with embedded preprocessing takes uint8 pixels: its own cells (a quarter of the bytes).
+            tag = f"{size}-uint8" if ip.triton_dtype == "UINT8" else str(size)
+            sweep = {b: ip.throughput(b, args.ceiling_seconds) for b in map(int, args.batches.split(","))}
+            best = max(sweep, key=sweep.get)
+            base = {"size": size, "backend": sel.backend, "threads": threads, "machine": mach,
+                    "serialization_ms": serialization_ms(ip), "input": ip.triton_dtype, "tag": tag, "sweep": sweep, "best_batch": best}
+            for setting in args.settings.split(","):
+                cells = [f"{tag}/{setting}/paired"]
+                if setting in args.interleave_each.split(","):
+                    cells.append(f"{tag}/{setting}/paired1")
+                if setting in args.levels_for.split(","):
+                    cells += [f"{tag}/{setting}/c{c}" for c in args.levels.split(",")]
+                todo = [c for c in cells if c not in done]
+                if not todo:
+                    continue
+                # The in-process runner waits the way the server's does: with ONNX Runtime's default ("on") its
+                # threads spin on after each call, into the next served request's time, and take the cores
+                # from the server's runner (measured: +75% for a 224 px served request right after it).
+                spin = parse_setting(setting, 0)[2] if args.in_process_spin == "same" else args.in_process_spin
+                if runner.spin != spin:
+                    runner.deactivate()
+                    runner.spin = spin
+                    runner.activate()
+                server = Served(export, threads, setting, args)
+                try:
+                    for cell in todo:
+                        load0 = load_average()
+                        with Others(server.proc.pid) as o:
+                            if cell.endswith("/paired"):
+                                rec = {"paired": paired(ip, server, args.blocks, args.per_block, args.gap_ms / 1e3)}
+                            elif cell.endswith("/paired1"):  # every request alternated, not blocks
+                                rec = {"paired": paired(ip, server, args.blocks * args.per_block, 1,
+                                                        args.gap_ms / 1e3)}
+                            else:
+                                c = int(cell.rsplit("/c", 1)[1])
+                                before = ip.throughput(best, args.ceiling_seconds)
+                                level = perf_analyzer_level(server, c, data, args)
+                                after = ip.throughput(best, args.ceiling_seconds)
+                                ceiling = (before + after) / 2
+                                level.update({"ceiling_before": before, "ceiling_after": after, "ceiling": ceiling,
+                                              "drift": abs(before - after) / ceiling,
+                                              "x_ceiling": level.get("img_s", 0.0) / ceiling})
+                                rec = {"level": level}
+                        write_cell(args.out, cell, {**base, "setting": setting, "in_process_spin": runner.spin, **rec, "others_cores": o.cores,
+                                                    "load_before": load0, "load_after": load_average()})
+                finally:
+                    server.close()
+            cell = f"{tag}/replicas"
+            if args.replicas and cell not in done:
+                load0 = load_average()
+                write_cell(args.out, cell, {**base, "replicas": replicas(export, ip, args, threads),
+                                            "load_before": load0, "load_after": load_average()})
 
 
 if __name__ == "__main__":

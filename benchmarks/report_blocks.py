@@ -264,14 +264,35 @@ def render_trunk_noise() -> str:
     return block.removeprefix(README_START + "\n").removesuffix("\n" + README_END)
 
 
+def render_serve_summary() -> str:
+    """docs/deploy.md's bullet on `serve`'s measured defaults, from bench_serve.py's JSON lines."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_serve_report import summary
+
+    lines = (RESULTS_DIR / "bench_serve.jsonl").read_text(encoding="utf-8").splitlines()
+    return summary([json.loads(ln) for ln in lines if ln.strip()])
+
+
+def render_bench_web() -> str:
+    """Issue 29's browser latency table (`bench_web_report.py` writes results/bench_web.md); until the study has
+    run, a line saying how to run it."""
+    if not (RESULTS_DIR / "bench_web.md").exists():
+        return ("Not measured yet: `python benchmarks/bench_web.py EXPORT_64 EXPORT_224 --int8 INT8_64 --int8 "
+                "INT8_224`, then `python benchmarks/bench_web_report.py`.")
+    return _study_report("bench_web")()
+
+
 STUDY_BLOCKS: dict[str, Callable[[], str]] = {
     "compare-stacker": _study_report("compare_stacker"),
     "compare-geometry": _study_report("compare_geometry"),
     "trunk-noise": render_trunk_noise,
+    "bench-serve": _study_report("bench_serve"),
+    "bench-web": render_bench_web,
 }
 SUMMARY_BLOCKS: dict[str, Callable[[], str]] = {
     "geometry-summary": render_geometry_summary,
     "stacker-summary": render_stacker_summary,
+    "serve-summary": render_serve_summary,
 }
 QUOTED_BLOCKS: dict[str, Callable[[], str]] = {
     "setup-times": render_setup_times,

@@ -18,6 +18,7 @@ from fuse_export.cli.predict import predict
 from fuse_export.cli.quickstart import quickstart
 from fuse_export.cli.train import train
 from fuse_export.cli.web import web
+from fuse_export.cli.web_serve import web_serve
 
 app = typer.Typer(
     name="fuse-export",
@@ -55,6 +56,7 @@ app.command("triton-repo")(triton_repo)
 app.command()(serve)
 app.command()(predict)
 app.command()(web)
+app.command("web-serve")(web_serve)
 app.command("audit-labels")(audit_labels)
 app.command("build-engine")(build_engine)
 app.command()(doctor)

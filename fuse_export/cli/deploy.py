@@ -41,10 +41,14 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch per request and per merged batch.")] = 32,
     max_queue_delay_us: Annotated[int, typer.Option(min=0, help="Dynamic batching: how long a request may wait "
-                                                                "for others to join its batch.")] = 500,
+                                                                "for others to join its batch (0: batch what "
+                                                                "queued while the runner was busy).")] = 0,
     dynamic_batching: Annotated[bool, typer.Option(help="Merge concurrent requests into batches.")] = True,
     instances: Annotated[int, typer.Option(min=1, help="Model instances (runners working in parallel).")] = 1,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads per runner.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads per runner (default: physical "
+                                                              "cores / instances).")] = None,
+    spin: Annotated[str, typer.Option(help="How runner threads wait for work (ONNX Runtime): on (spin, also "
+                                           "after a batch), off (never), run (only inside a batch).")] = "run",
     drain_timeout: Annotated[int, typer.Option(min=0, help="Seconds in-flight requests get after SIGTERM.")] = 30,
 ) -> None:
     """Serve an export inside a real Triton Inference Server (PyTriton): KServe v2 HTTP/gRPC, metrics."""
@@ -55,7 +59,7 @@ def serve(
     opts = ServeOptions(backend=None if backend == "auto" else backend, host=host, http_port=http_port,
                         grpc_port=grpc_port, metrics_port=metrics_port, max_batch_size=max_batch_size,
                         max_queue_delay_us=max_queue_delay_us, dynamic_batching=dynamic_batching,
-                        instances=instances, threads=threads, drain_timeout_s=drain_timeout)
+                        instances=instances, threads=threads, spin=spin, drain_timeout_s=drain_timeout)
     code = serve_forever(export_dir, opts, echo=typer.echo)
     if code:
         raise typer.Exit(code)

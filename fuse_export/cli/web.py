@@ -30,4 +30,4 @@ def web(
     typer.echo(f"model: {result.artifact} -> model.onnx (sha256 {result.sha256[:16]}…, verified; the page checks it "
                "again before it runs)")
     typer.echo(f"onnxruntime-web {result.ort_version or '(version unknown)'}: {result.ort_source}")
-    typer.echo(f"try it: python -m http.server -b 127.0.0.1 -d {result.out} 8000, then open http://127.0.0.1:8000/")
+    typer.echo(f"try it: fuse-export web-serve {result.out}  (2 wasm threads; any static server gives 1)")

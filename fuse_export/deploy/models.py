@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,15 @@ class Instance:
         self.input_name = runner.contract.input_names[0]
         self._lock = threading.Lock()  # runtimes whose sessions are not re-entrant (OpenVINO, TensorRT)
         self._labels = np.array([c.encode() for c in pre.class_names], dtype=object)
+        self.runner_s = 0.0  # time inside runner.infer, summed: the per-hop breakdown's innermost hop
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         with self._lock:
-            outs = self.runner.infer({self.input_name: x})
+            t0 = time.perf_counter()
+            try:
+                outs = self.runner.infer({self.input_name: x})
+            finally:
+                self.runner_s += time.perf_counter() - t0
         problems = check_outputs(outs)
         if problems:  # an artifact that breaks its output contract must not answer as if it were fine
             raise IntegrityError(f"{self.runner.label}: {'; '.join(problems)}")
@@ -80,13 +86,14 @@ class Instance:
         return self._run(x)
 
 
-def load_instance(export: str, backend: str, threads: int) -> Instance:
+def load_instance(export: str, backend: str, threads: int, spin: str | None = None) -> Instance:
     """The runner `serve` selected, loaded (the serving process verified the artifact's hash already)."""
     from fuse_export.inference.selection import select
     from fuse_export.runners.registry import BACKENDS
 
     sel = select(Path(export), backend, verify=False)
     runner = BACKENDS[sel.backend].factory(sel.path, sel.checkpoint, sel.pre, threads, sel.embed)
+    runner.spin = spin
     return Instance(runner.activate(), sel.pre, sel.embed)
 
 
@@ -125,8 +132,10 @@ class TritonPythonModel:
         self.kind = params["kind"]
         self.name = config.get("name", self.kind)
         self.outputs = [o["name"] for o in config["output"]]
+        self.metrics = None
         try:
-            self.instance = load_instance(params["export"], params["backend"], int(params["threads"]))
+            self.instance = load_instance(params["export"], params["backend"], int(params["threads"]),
+                                          params.get("spin"))
         except BaseException as exc:
             # The serving process waits for this verdict to stop with one line (exit 1 for a bad artifact).
             code = exc.exit_code if isinstance(exc, UserError) else 2
@@ -134,8 +143,21 @@ class TritonPythonModel:
                 f"{params['export']}: the {params['backend']} runner failed to load ({_one_line(exc)})")
             write_json(params["status"], {"exit_code": code, "message": message})  # atomic: serve polls it
             raise
+        import triton_python_backend_utils as pb
+
+        from fuse_export.deploy.hops import StubMetrics
+
+        self.metrics = StubMetrics(pb, self.name, args.get("model_instance_name", self.name))
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        t0, runner0 = time.perf_counter(), self.instance.runner_s
+        try:
+            return self._execute(requests)
+        finally:  # the per-hop breakdown's stub side (fuse_export.deploy.hops)
+            if self.metrics is not None:
+                self.metrics.record(time.perf_counter() - t0, self.instance.runner_s - runner0)
+
+    def _execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb
 
         try:
@@ -169,6 +191,8 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
         instance = getattr(self, "instance", None)
         if instance is not None:
             instance.runner.deactivate()

@@ -56,10 +56,14 @@ class ServeOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     max_batch_size: int = 32
-    max_queue_delay_us: int = 500
+    # 0: a batch is whatever queued while the runner was busy. On CPU the runner is the bottleneck, so batches
+    # form under load without waiting, while a delay only adds itself to every lone request (RESULTS.md,
+    # "Serving at the speed of the runner": 500 us cost 0.5-1.7 ms at concurrency 1 and no throughput).
+    max_queue_delay_us: int = 0
     dynamic_batching: bool = True
     instances: int = 1
     threads: int | None = None  # intra-op threads per runner (None: physical cores / instances, never unset)
+    spin: str = "run"  # how runner threads wait for work (runners.base.SPIN_MODES; benchmarks/RESULTS.md)
     drain_timeout_s: int = 30  # SIGTERM: how long in-flight requests (and open connections) may take
 
     def check(self) -> None:
@@ -73,6 +77,10 @@ class ServeOptions:
         for flag, value in (("--max-batch-size", self.max_batch_size), ("--instances", self.instances)):
             if value < 1:
                 raise UserError(f"{flag} {value}: must be at least 1")
+        from fuse_export.runners.base import SPIN_MODES
+
+        if self.spin not in SPIN_MODES:
+            raise UserError(f"--spin {self.spin}: must be one of {', '.join(SPIN_MODES)}")
         if self.max_queue_delay_us < 0 or self.drain_timeout_s < 0:
             raise UserError("--max-queue-delay-us and --drain-timeout must not be negative")
 
@@ -141,7 +149,8 @@ class Server:
         # of other clients that Triton would have merged into the same batch.
         for name, kind, spec, batching in ((MODEL, TENSOR, tensor_in, batcher), (BYTES_MODEL, BYTES, bytes_in, None)):
             params = {"kind": kind, "export": str(Path(self.export_dir).resolve()), "backend": sel.backend,
-                      "threads": str(self.threads), "status": str(self._tmp / f"{name}.status.json")}
+                      "threads": str(self.threads), "spin": opts.spin,
+                      "status": str(self._tmp / f"{name}.status.json")}
             config = TritonModelConfig(model_name=name, max_batch_size=opts.max_batch_size, batching=True,
                                        batcher=batching, instance_group={DeviceKind.KIND_CPU: opts.instances},
                                        backend_parameters=params, inputs=[spec], outputs=outputs)
@@ -239,7 +248,8 @@ def ready_lines(server: Server) -> list[str]:
                 else "no dynamic batching")
     return [
         f"serving {sel.path or sel.checkpoint} with {sel.backend} ({o.instances} instance(s) of "
-        f"{server.threads} thread(s), max batch {o.max_batch_size}, {batching})",
+        f"{server.threads} thread(s), spin {o.spin}, max batch {o.max_batch_size}, "
+        f"{batching})",
         f"models: {MODEL} (input 'image', the artifact's tensor contract), {BYTES_MODEL} (input 'image_bytes', "
         "one encoded JPEG/PNG per item); outputs logits, probabilities, confidence, label",
         f"HTTP (KServe v2): {ep['http']}   gRPC: {ep['grpc']}   metrics: {ep['metrics']}",

@@ -11,6 +11,12 @@ from fuse_export.contract import IOContract, Preprocessing, io_contract
 from fuse_export.errors import InputError, IntegrityError, UserError
 
 
+# How idle intra-op worker threads wait: "on" spin between operators and after a call (ONNX Runtime's default:
+# lowest latency for back-to-back calls, but the spinning holds cores after the call returns), "off" never spin
+# (sleep and be woken for every parallel operator), "run" spin inside a call and stop when it returns.
+SPIN_MODES = ("on", "off", "run")
+
+
 class Runner(abc.ABC):
     """Runs one artifact. Construction imports nothing heavy; `activate` loads the backend and the model."""
 
@@ -24,6 +30,10 @@ class Runner(abc.ABC):
         # Set before activate() for one-shot runs on a few images: a runtime that can trade load time for
         # throughput (ONNX Runtime's layout-changing graph optimizations) loads fast instead. Others ignore it.
         self.fast_startup = False
+        # Set before activate() in a process that shares its cores with other busy processes (a server's stub
+        # beside tritonserver's threads): how the intra-op worker threads wait for work (SPIN_MODES; ONNX
+        # Runtime). None: the runtime's default ("on"). Runtimes without such a setting ignore it.
+        self.spin: str | None = None
 
     @abc.abstractmethod
     def _activate(self) -> None: ...

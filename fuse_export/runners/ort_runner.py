@@ -40,6 +40,9 @@ class OnnxRuntimeRunner(Runner):
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         if self.threads:
             opts.intra_op_num_threads = self.threads
+        if self.spin is not None:  # Runner.SPIN_MODES
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if self.spin == "off" else "1")
+            opts.add_session_config_entry("session.force_spinning_stop", "1" if self.spin == "run" else "0")
         opts.log_severity_level = 3
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:

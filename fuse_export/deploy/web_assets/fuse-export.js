@@ -6,6 +6,7 @@
 //     const model = await load("model.onnx");   // reads model.json, checks the model's sha256, makes the session
 //     const out = await model.predict(fileOrBlob);  // or an ImageBitmap, <img>, <canvas>, <video>, ImageData, URL
 //     // out: {label, index, probabilities, confidence, logits, ms, preprocessMs}
+//     model.runtime  // {threads, simd, crossOriginIsolated, version}: what ONNX Runtime Web actually runs with
 //   </script>
 //
 // `probabilities` and `logits` are arrays in `model.classNames` order; `confidence` is the SCN importance weight
@@ -18,6 +19,28 @@
 // the browser's own (JPEG decoders may differ by a level; transparent pixels are composited over white).
 
 const PRECISION_BITS = 22; // Pillow's Resample.c: 32 - 8 - 2
+const MAX_THREADS = 4; // the cap of ONNX Runtime Web's own default (env.wasm.numThreads)
+// ONNX Runtime Web's probe for WebAssembly SIMD (a function using v128 ops): its wasm builds all need SIMD.
+const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 4, 1, 96, 0, 0, 3, 2, 1, 0, 10, 30, 1, 28, 0,
+  65, 0, 253, 15, 253, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 253, 186, 1, 26, 11]);
+let runtimeInfo = null; // set by the first session: the wasm runtime starts once per page
+
+/** The wasm threads `load` asks for by default: every logical core up to MAX_THREADS on a cross-origin-isolated
+ * page (`fuse-export web-serve` sends the headers), else 1. Threads need SharedArrayBuffer, which only an isolated
+ * page has; ONNX Runtime Web's own default, half the cores, would run 1 thread on a 2-core machine. */
+export function defaultThreads() {
+  if (!globalThis.crossOriginIsolated) return 1;
+  return Math.max(1, Math.min(globalThis.navigator?.hardwareConcurrency || 1, MAX_THREADS));
+}
+
+/** What the wasm runtime started with, read after the first session: ONNX Runtime Web lowers numThreads to 1
+ * where threads are unavailable, and runs SIMD code only (it refuses to start without SIMD). */
+function runtimeOf(ort) {
+  let simd = false;
+  try { simd = WebAssembly.validate(SIMD_PROBE); } catch { simd = false; }
+  return { threads: ort.env.wasm.numThreads, simd, crossOriginIsolated: Boolean(globalThis.crossOriginIsolated),
+    version: ort.env.versions?.web ?? "" };
+}
 
 export class IntegrityError extends Error {
   constructor(message) { super(message); this.name = "IntegrityError"; }
@@ -30,8 +53,9 @@ async function fetchOk(url) {
 }
 
 /** Load a model written by `fuse-export web`: its model.json (same folder, same stem), then the model itself,
- * refused with an IntegrityError unless its sha256 is the one in model.json. Options: numThreads,
- * executionProviders (default ["wasm"]), metadata (model.json's URL), ort (default: the global `ort`). */
+ * refused with an IntegrityError unless its sha256 is the one in model.json. Options: numThreads (default
+ * defaultThreads(); fixed by the page's first load), executionProviders (default ["wasm"]), metadata
+ * (model.json's URL), ort (default: the global `ort`). The model's `runtime` says what actually ran. */
 export async function load(url = "model.onnx", options = {}) {
   const ort = options.ort ?? globalThis.ort;
   if (!ort) throw new Error("ONNX Runtime Web is not loaded: include ort.wasm.min.js before fuse-export.js");
@@ -47,18 +71,19 @@ export async function load(url = "model.onnx", options = {}) {
     throw new IntegrityError(`${meta.model}: its sha256 ${digest.slice(0, 16)}… differs from ${meta.sha256.slice(0, 16)}… `
       + "in model.json (changed or corrupted after `fuse-export web`): refused, not run");
   }
-  if (options.numThreads) ort.env.wasm.numThreads = options.numThreads;
+  if (!runtimeInfo) ort.env.wasm.numThreads = options.numThreads || defaultThreads();
   const session = await ort.InferenceSession.create(bytes, {
     executionProviders: options.executionProviders ?? ["wasm"], graphOptimizationLevel: "all" });
+  runtimeInfo ??= runtimeOf(ort);
   const missing = [...meta.io.inputs, ...meta.io.outputs].map((t) => t.name)
     .filter((n) => !session.inputNames.includes(n) && !session.outputNames.includes(n));
   if (missing.length) throw new IntegrityError(`${meta.model}: has no tensor ${missing.join(", ")} that model.json names`);
-  return new Model(ort, session, meta, digest);
+  return new Model(ort, session, meta, digest, runtimeInfo);
 }
 
 export class Model {
-  constructor(ort, session, meta, sha256) {
-    this.ort = ort; this.session = session; this.meta = meta; this.sha256 = sha256;
+  constructor(ort, session, meta, sha256, runtime = null) {
+    this.ort = ort; this.session = session; this.meta = meta; this.sha256 = sha256; this.runtime = runtime;
     this.pre = meta.preprocessing;
     this.classNames = meta.class_names;
     this.input = meta.io.inputs[0];
