@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -253,3 +254,41 @@ def test_audit_crossfit_scores_every_sample_out_of_fold(noisy_run, tmp_path: Pat
     few = CliRunner().invoke(app, ["audit-labels", str(checkpoint), "--data", str(data), "--method", "crossfit",
                                    "--folds", "500", "--device", "cpu"])
     assert few.exit_code == 2 and "use fewer folds" in few.output
+
+
+def test_default_audit_of_a_run_with_injected_noise_and_a_limit_audits_what_it_trained_on(tmp_path: Path):
+    """A checkpoint trained with the recipe's own label noise (data.options noise_*) and data.limit: the default
+    (AUM) audit loads the file as training did, so its training dynamics line up (it used to refuse), and the
+    audited labels are the trained ones: flipped exactly where the run's own label_noise.json says."""
+    from fuse_export.data.fer2013 import load_fer2013_csv
+    from fuse_export.data.synthetic import SyntheticSpec
+    from fuse_export.data.synthetic_csv import write_fer2013_csv
+    from fuse_export.training.recipe import load_recipe
+    from fuse_export.training.trainer import run_training
+
+    clean = tmp_path / "clean.csv"
+    write_fer2013_csv(clean, SyntheticSpec(samples_per_class=30, identities=2, blend_fraction=0.0,
+                                           occlusion_fraction=0.0, noise_std=2.0, seed=9))
+    limit = 120
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "synthetic-quick.toml").replace(
+        data={"image_size": 32, "limit": limit, "options": {"noise_rate": 0.25, "noise_seed": 3}},
+        train={"epochs": 3, "batch_size": 16, "seed": 4}, scn={"relabel_epoch": 0})
+    result = run_training(recipe, str(clean), tmp_path / "run", device="cpu", progress=False)
+    record = json.loads((tmp_path / "run" / "label_noise.json").read_text())
+    flipped = {f["name"]: f for f in record["flipped"]}
+    out = tmp_path / "audit.csv"
+    r = CliRunner().invoke(app, ["audit-labels", str(result.last), "--data", str(clean), "--out", str(out),
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "injected label noise" in r.output and f"data.limit {limit}" in r.output
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == limit and {row["ranked_by"] for row in rows} == {"aum"}
+    truth = dict(zip(load_fer2013_csv(clean).splits["train"].names, load_fer2013_csv(clean).splits["train"].labels))
+    audited_flips = [row for row in rows if row["name"] in flipped]
+    assert audited_flips, "the limit kept none of the flipped samples: this test would prove nothing"
+    for row in rows:
+        if row["name"] in flipped:
+            assert int(row["given"]) == flipped[row["name"]]["noisy"] != truth[row["name"]]
+        else:
+            assert int(row["given"]) == truth[row["name"]]

@@ -46,13 +46,13 @@ def fold_assignment(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray
 
 def fold_recipe(recipe_dict: dict[str, Any], source: str, data: str | os.PathLike, fold_epochs: int,
                 data_format: str | None = None) -> Recipe:
-    """The checkpoint's recipe for a fold model: its epochs capped, no label noise injected, no sample limit;
-    with `data_format`, that format without the recipe's options (as the audit loads the data)."""
+    """The checkpoint's recipe for a fold model: its epochs capped, its data loaded as the audit loads it
+    (core.trained_data: the recipe's options, label noise and data.limit included, so the fold models train on the
+    audited labels and rows); with `data_format`, that format without options or limit."""
     recipe = recipe_from_dict(recipe_dict, source)
-    options = {k: v for k, v in recipe.data.options.items() if not str(k).startswith("noise")}
-    data_changes: dict[str, Any] = {"options": options, "limit": 0, "path": str(data)}
+    data_changes: dict[str, Any] = {"path": str(data)}
     if data_format is not None:
-        data_changes.update(format=data_format, options={})
+        data_changes.update(format=data_format, options={}, limit=0)
     epochs = fold_epochs or min(recipe.train.epochs, MAX_FOLD_EPOCHS)
     return recipe.replace(data=data_changes, train={"epochs": epochs})
 
