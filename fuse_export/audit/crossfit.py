@@ -47,7 +47,7 @@ def fold_assignment(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray
 def fold_recipe(recipe_dict: dict[str, Any], source: str, data: str | os.PathLike, fold_epochs: int,
                 data_format: str | None = None) -> Recipe:
     """The checkpoint's recipe for a fold model: its epochs capped, its data loaded as the audit loads it
-    (core.trained_data: the recipe's options, label noise and data.limit included, so the fold models train on the
+    (audit.trained_data: the recipe's options, label noise and data.limit included, so the fold models train on the
     audited labels and rows); with `data_format`, that format without options or limit."""
     recipe = recipe_from_dict(recipe_dict, source)
     data_changes: dict[str, Any] = {"path": str(data)}
