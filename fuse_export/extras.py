@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "faces": (("cv2", "opencv-python-headless"),),
     "serve": (("pytriton", "nvidia-pytriton"),),
     "tensorboard": (("tensorboard", "tensorboard"),),
+    "executorch": (("executorch", "executorch"),),
 }
 
 

@@ -158,6 +158,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: list[Format], out_
 
                     extra["compile_s"] = round(export_pt2(view, example, path, contract, meta,
                                                           static_batch=static_batch), 1)
+                elif fmt.key == "executorch":
+                    from fuse_export.exporters.to_executorch import export_executorch  # its own environment
+
+                    extra["lower_s"] = round(export_executorch(view, example, path, contract, meta,
+                                                               static_batch=static_batch), 1)
                 elif fmt.key == "tensorrt":
                     from fuse_export.exporters.trt_build import build_engine  # needs TensorRT + a GPU
                     from fuse_export.exporters.trt_engine import manifest_extras

@@ -42,6 +42,11 @@ FORMATS: dict[str, Format] = {
                frozenset({"opset", "static_batch", "precision", "embed_preprocessing"})),
         # torch.export + AOTInductor package, compiled for CPU (compiling needs a C++ compiler).
         Format("pt2", "AOTInductor (pt2)", "model.pt2", "pt2", True, False, ("fp32",), frozenset({"static_batch"})),
+        # torch.export lowered to ExecuTorch's XNNPACK delegate: a .pte program for phones and boards
+        # (fuse_export.exporters.to_executorch); its package needs numpy >= 2, an environment of its own.
+        Format("executorch", "ExecuTorch (XNNPACK)", "model.pte", "executorch", True, False, ("fp32",),
+               frozenset({"static_batch"}),
+               metadata_reader="fuse_export.exporters.to_executorch:read_executorch_metadata", extra="executorch"),
         # A raw TensorRT plan built from the ONNX of the same precision (fuse_export.exporters.trt_build); GPU only.
         Format("tensorrt", "TensorRT", "model.engine", "tensorrt", False, True, ("fp32", "fp16", "int8"),
                frozenset({"opset", "static_batch", "precision", "embed_preprocessing"})),
@@ -57,6 +62,7 @@ ALIASES = {"ts": "torchscript", "jit": "torchscript", "ort": "onnx", "onnxruntim
 ALIASES.update({"aoti": "pt2", "aotinductor": "pt2"})
 ALIASES.update({"trt": "tensorrt", "engine": "tensorrt"})
 ALIASES.update({"ov": "openvino", "ir": "openvino"})
+ALIASES.update({"et": "executorch", "pte": "executorch", "xnnpack": "executorch"})
 
 
 def resolve(ref: str) -> Callable[..., Any]:

@@ -139,6 +139,20 @@ def _pt2(artifact: Path | None, checkpoint: Path, pre: Preprocessing, threads: i
     return Pt2Runner(artifact, pre, threads=threads, embed_preprocessing=embed, label="pt2")
 
 
+def _executorch_available() -> tuple[bool, str]:
+    if not _has("executorch"):
+        return False, ("executorch not installed (pip install 'fuse-export[executorch]' in an environment of its "
+                       "own: it needs numpy >= 2)")
+    return True, ""
+
+
+def _executorch(artifact: Path | None, checkpoint: Path, pre: Preprocessing, threads: int | None,
+                embed: bool) -> Runner:
+    from fuse_export.runners.executorch_runner import ExecuTorchRunner
+
+    return ExecuTorchRunner(artifact, pre, threads=threads, embed_preprocessing=embed, label="executorch")
+
+
 BACKENDS: dict[str, Backend] = {
     b.key: b
     for b in (
@@ -150,6 +164,8 @@ BACKENDS: dict[str, Backend] = {
         Backend("onnxruntime-int8", "ONNX Runtime int8", "onnx", "cpu", "int8", _onnxruntime_cpu,
                 _ort_cpu_as("onnxruntime-int8")),
         Backend("pt2", "AOTInductor (pt2)", "pt2", "cpu", "fp32", _aoti, _pt2),
+        Backend("executorch", "ExecuTorch (XNNPACK)", "executorch", "cpu", "fp32", _executorch_available,
+                _executorch),
         Backend("pytorch-bf16", "PyTorch bf16 (autocast)", None, "cpu", "bf16", _torch_bf16, _eager_bf16),
         Backend("openvino", "OpenVINO", "openvino", "cpu", "fp32", _openvino, _openvino_as("openvino", "fp32")),
         Backend("openvino-bf16", "OpenVINO bf16", "openvino", "cpu", "bf16", _openvino_bf16,
