@@ -27,13 +27,15 @@ from fuse_export.errors import IntegrityError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def et_export(tiny_run, tmp_path_factory) -> Path:
-    """The tiny run exported to ExecuTorch and ONNX in one folder (each verified against eager by export)."""
+def et_export(tiny_run, tiny_csv, tmp_path_factory) -> Path:
+    """The tiny run exported to ExecuTorch and ONNX, fp32 and int8, in one folder (each verified against eager by
+    export; int8 calibrated on the tiny data set)."""
     from fuse_export.app.export_verify import export_checkpoint
     from fuse_export.exporters.formats import FORMATS
 
     out = tmp_path_factory.mktemp("et") / "export"
-    export_checkpoint(tiny_run.best, [FORMATS["executorch"], FORMATS["onnx"]], out)
+    export_checkpoint(tiny_run.best, [FORMATS["executorch"], FORMATS["onnx"]], out, precisions=("fp32", "int8"),
+                      calibration_data=tiny_csv, calibration_samples=128, calibration_method="percentile")
     return out
 
 
@@ -51,7 +53,7 @@ def test_export_lists_a_verified_pte_with_its_hash(et_export: Path) -> None:
     from fuse_export.fileio import sha256_file
 
     manifest = json.loads((et_export / "manifest.json").read_text())
-    (art,) = [a for a in manifest["artifacts"] if a["format"] == "executorch"]
+    (art,) = [a for a in manifest["artifacts"] if a["file"] == "model.pte"]
     assert art["file"] == "model.pte" and art["backend"] == "executorch" and art["precision"] == "fp32"
     assert art["sha256"] == sha256_file(et_export / "model.pte")
     assert art["verification"]["passed"] and art["verification"]["max_abs_prob"] <= 1e-4
@@ -74,6 +76,21 @@ def test_executorch_answers_as_onnx_runtime_on_batches_above_its_planned_bound(e
     assert np.abs(got.probabilities - expected.probabilities).max() <= 1e-4
     assert (got.probabilities.argmax(1) == expected.probabilities.argmax(1)).all()
     assert np.abs(one.probabilities[0] - expected.probabilities[0]).max() <= 1e-4
+
+
+def test_the_int8_program_is_verified_and_answers_near_the_int8_onnx(et_export: Path) -> None:
+    import fuse_export
+
+    manifest = json.loads((et_export / "manifest.json").read_text())
+    (art,) = [a for a in manifest["artifacts"] if a["file"] == "model.int8.pte"]
+    assert art["backend"] == "executorch-int8" and art["verification"]["passed"]
+    assert art["calibration"]["images"] == 128 and art["size_bytes"] < 0.5 * (et_export / "model.pte").stat().st_size
+    with fuse_export.load(et_export, backend="onnxruntime") as fp32:
+        images = faces(12, fp32.preprocessing.image_size)
+        reference = fp32.predict(images).probabilities
+    with fuse_export.load(et_export, backend="executorch-int8") as int8:
+        got = int8.predict(images).probabilities
+    assert np.abs(got - reference).max() <= 0.15  # the int8 parity bound export verified with
 
 
 def test_a_lone_pte_describes_itself(et_export: Path, tmp_path: Path) -> None:

@@ -161,8 +161,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: list[Format], out_
                 elif fmt.key == "executorch":
                     from fuse_export.exporters.to_executorch import export_executorch  # its own environment
 
+                    cal = None
+                    if precision == "int8":  # the int8 ONNX's calibration images, in the model's input contract
+                        assert int8 is not None
+                        cal = torch.from_numpy(normalize(int8.calib.pixels, pre))
+                        extra["calibration"] = {"source": int8.calib.source, "images": len(int8.calib.pixels),
+                                                "quantizer": "XNNPACKQuantizer, symmetric, per-channel weights"}
                     extra["lower_s"] = round(export_executorch(view, example, path, contract, meta,
-                                                               static_batch=static_batch), 1)
+                                                               static_batch=static_batch, calibration=cal), 1)
                 elif fmt.key == "tensorrt":
                     from fuse_export.exporters.trt_build import build_engine  # needs TensorRT + a GPU
                     from fuse_export.exporters.trt_engine import manifest_extras

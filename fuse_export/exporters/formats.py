@@ -44,8 +44,8 @@ FORMATS: dict[str, Format] = {
         Format("pt2", "AOTInductor (pt2)", "model.pt2", "pt2", True, False, ("fp32",), frozenset({"static_batch"})),
         # torch.export lowered to ExecuTorch's XNNPACK delegate: a .pte program for phones and boards
         # (fuse_export.exporters.to_executorch); its package needs numpy >= 2, an environment of its own.
-        Format("executorch", "ExecuTorch (XNNPACK)", "model.pte", "executorch", True, False, ("fp32",),
-               frozenset({"static_batch"}),
+        Format("executorch", "ExecuTorch (XNNPACK)", "model.pte", "executorch", True, False, ("fp32", "int8"),
+               frozenset({"static_batch", "precision"}),
                metadata_reader="fuse_export.exporters.to_executorch:read_executorch_metadata", extra="executorch"),
         # A raw TensorRT plan built from the ONNX of the same precision (fuse_export.exporters.trt_build); GPU only.
         Format("tensorrt", "TensorRT", "model.engine", "tensorrt", False, True, ("fp32", "fp16", "int8"),

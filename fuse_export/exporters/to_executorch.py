@@ -36,11 +36,14 @@ def require_executorch() -> None:
 
 
 def export_executorch(view: Any, example: Any, path: str | os.PathLike, contract: IOContract,
-                      metadata: dict[str, Any], static_batch: bool = False) -> float:
+                      metadata: dict[str, Any], static_batch: bool = False, calibration: Any = None) -> float:
     """torch.export the view, lower it to XNNPACK and write the program atomically; returns the seconds it took.
 
     The batch axis is a dynamic `Dim` up to MAX_BATCH_ET unless `static_batch` (an example batch >= 2 is needed,
-    since torch.export specializes a size-1 dimension to a constant); the metadata records the bound."""
+    since torch.export specializes a size-1 dimension to a constant); the metadata records the bound. With
+    `calibration` (model inputs, a float tensor [N, ...]) the program is int8: PyTorch 2 export quantization with
+    XNNPACK's quantizer (symmetric, per-channel weights, static activation ranges observed on those inputs, in
+    batches the program accepts), lowered the same way."""
     require_executorch()
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -59,6 +62,8 @@ def export_executorch(view: Any, example: Any, path: str | os.PathLike, contract
     try:
         with torch.no_grad():
             program = torch.export.export(view.eval(), (example,), dynamic_shapes=dynamic_shapes)
+            if calibration is not None:
+                program = _quantized(program, calibration, example, dynamic_shapes)
             edge = to_edge_transform_and_lower(
                 program, partitioner=[XnnpackPartitioner()],
                 constant_methods={METADATA_METHOD: torch.tensor(list(raw), dtype=torch.uint8)})
@@ -72,6 +77,22 @@ def export_executorch(view: Any, example: Any, path: str | os.PathLike, contract
     with atomic_open(path, "wb") as fh:
         fh.write(buffer)
     return time.perf_counter() - start
+
+
+def _quantized(program: Any, calibration: Any, example: Any, dynamic_shapes: Any) -> Any:
+    """The exported program through PT2E: observers inserted, calibration batches run, Q/DQ ops in place."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                        get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    module = prepare_pt2e(program.module(), quantizer)
+    step = int(example.shape[0])
+    for start in range(0, len(calibration), step):
+        module(calibration[start:start + step])
+    module = convert_pt2e(module)
+    return torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes)
 
 
 def load_executorch(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:

@@ -146,11 +146,16 @@ def _executorch_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _executorch(artifact: Path | None, checkpoint: Path, pre: Preprocessing, threads: int | None,
-                embed: bool) -> Runner:
-    from fuse_export.runners.executorch_runner import ExecuTorchRunner
+def _executorch_as(label: str) -> Callable[..., Runner]:
+    """The ExecuTorch runner under a label (the int8 program runs on the same runtime)."""
 
-    return ExecuTorchRunner(artifact, pre, threads=threads, embed_preprocessing=embed, label="executorch")
+    def factory(artifact: Path | None, checkpoint: Path, pre: Preprocessing, threads: int | None,
+                embed: bool) -> Runner:
+        from fuse_export.runners.executorch_runner import ExecuTorchRunner
+
+        return ExecuTorchRunner(artifact, pre, threads=threads, embed_preprocessing=embed, label=label)
+
+    return factory
 
 
 BACKENDS: dict[str, Backend] = {
@@ -165,7 +170,9 @@ BACKENDS: dict[str, Backend] = {
                 _ort_cpu_as("onnxruntime-int8")),
         Backend("pt2", "AOTInductor (pt2)", "pt2", "cpu", "fp32", _aoti, _pt2),
         Backend("executorch", "ExecuTorch (XNNPACK)", "executorch", "cpu", "fp32", _executorch_available,
-                _executorch),
+                _executorch_as("executorch")),
+        Backend("executorch-int8", "ExecuTorch int8 (XNNPACK)", "executorch", "cpu", "int8", _executorch_available,
+                _executorch_as("executorch-int8")),
         Backend("pytorch-bf16", "PyTorch bf16 (autocast)", None, "cpu", "bf16", _torch_bf16, _eager_bf16),
         Backend("openvino", "OpenVINO", "openvino", "cpu", "fp32", _openvino, _openvino_as("openvino", "fp32")),
         Backend("openvino-bf16", "OpenVINO bf16", "openvino", "cpu", "bf16", _openvino_bf16,
