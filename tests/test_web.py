@@ -32,30 +32,17 @@ from fuse_export.contract import Preprocessing
 from fuse_export.deploy.web import MODEL_JSON, SITE_JSON, build_site
 from fuse_export.deploy.web_ort import FILES as ORT_FILES
 from fuse_export.deploy.web_ort import find_dist
-from fuse_export.errors import UserError
 from fuse_export.preprocess import model_pixel, normalize, preprocess
+from web_helpers import chromium_driver, need, ort_dist_path
 
 ROOT = Path(__file__).resolve().parents[1]
 JS = ROOT / "fuse_export" / "deploy" / "web_assets" / "fuse-export.js"
 SCREENSHOT = ROOT / "docs" / "img" / "web.png"
 
 
-def need(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def ort_dist() -> Path:
-    try:
-        dist = (find_dist(os.environ["ORT_WEB_DIST"]) if os.environ.get("ORT_WEB_DIST")
-                else find_dist(ROOT / ".web-deps") if (ROOT / ".web-deps").is_dir() else find_dist(start=ROOT))
-    except UserError as exc:
-        need(f"ORT_WEB_DIST / .web-deps: {exc}")
-    if dist is None or dist.missing():
-        need("onnxruntime-web is not installed (cd .web-deps && npm install --ignore-scripts onnxruntime-web)")
-    return dist.path
+    return ort_dist_path()
 
 
 def run(*args: str):
@@ -239,15 +226,7 @@ def confident_export(tiny_run, tmp_path_factory) -> Path:
 def web(tiny_export, confident_export, ort_dist, tmp_path_factory):
     """(server, driver, root): the tiny export's site at /site/, a copy with one byte changed at /tampered/, and
     the confident export's site at /confident/."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        need("Chromium or its driver is not installed (apt-get install -y chromium chromium-driver)")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        need("selenium is not installed (pip install selenium)")
+    driver = chromium_driver()
     root = tmp_path_factory.mktemp("web")
     build_site(tiny_export, root / "site", ort_dist=ort_dist)
     build_site(confident_export, root / "confident", ort_dist=ort_dist)
@@ -258,12 +237,6 @@ def web(tiny_export, confident_export, ort_dist, tmp_path_factory):
     data = bytearray((root / "site" / "model.onnx").read_bytes())
     data[len(data) // 3] ^= 0x40
     (root / "tampered" / "model.onnx").write_bytes(bytes(data))
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,720"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    driver.set_script_timeout(180)
     server = Server(root)
     yield server, driver, root
     driver.quit()
