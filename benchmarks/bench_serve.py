@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import io
 import datetime as dt
 import json
 import os
@@ -103,8 +104,7 @@ class Served:
         return snapshot(self.http, self.metrics, MODEL)
 
     def close(self) -> int:
-        with_group = getattr(self.proc, "pid", None)
-        if self.proc.poll() is None and with_group:
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout=60)
@@ -132,9 +132,6 @@ def paired(ip: InProcess, server: Served, blocks: int, per_block: int, gap_s: fl
     def local() -> None:
         ip.runner.infer({"image": x})
 
-    def local_after_gap() -> None:  # timed from after the sleep (see below)
-        ip.runner.infer({"image": x})
-
     for _ in range(10):
         local()
         served()
@@ -146,7 +143,7 @@ def paired(ip: InProcess, server: Served, blocks: int, per_block: int, gap_s: fl
     # itself activity between calls, which per-request alternation must not add).
     hop_before, served_s, server_cpu_s = server.stats(), 0.0, 0.0
     for b in range(blocks):
-        arms = [("local", local), ("served", served), ("local_gap", local_after_gap)]
+        arms = [("local", local), ("served", served), ("local_gap", local)]  # local_gap: timed after a sleep
         order = arms if b % 2 == 0 else arms[::-1]
         for key, fn in order:
             if key == "served" and per_block > 1:
@@ -196,8 +193,12 @@ def perf_analyzer_level(server: Served, concurrency: int, data: Path, args: argp
     if concurrency > 1:
         cmd.append("--async")
     before = server.stats()
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=args.window_ms / 1000 * (args.max_trials + 4)
-                         + 120)
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True,
+                             timeout=args.window_ms / 1000 * (args.max_trials + 4) + 120)
+        report = out.read_text() if out.is_file() else ""
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
     after = server.stats()
     # Triton counts a Python-backend error response as a success: errors are the client's (perf_analyzer's rc).
     row: dict = {"concurrency": concurrency, "perf_analyzer_rc": run.returncode,
@@ -205,12 +206,10 @@ def perf_analyzer_level(server: Served, concurrency: int, data: Path, args: argp
     said = [ln.strip() for ln in (run.stdout + run.stderr).splitlines() if ln.strip()]
     row["errors"] = sum("had error" in ln for ln in said)  # perf_analyzer's line for a failed request
     row["unstable"] = any("stable" in ln.lower() and ("fail" in ln.lower() or "unable" in ln.lower()) for ln in said)
-    if run.returncode != 0 or not out.is_file():
+    if run.returncode != 0 or not report:
         row["said"] = said[-4:]
         return row
-    with open(out, newline="") as f:
-        rec = next(csv.DictReader(f))
-    shutil.rmtree(out.parent, ignore_errors=True)
+    rec = next(csv.DictReader(io.StringIO(report)))
     us = lambda k: float(rec[k]) / 1e3  # noqa: E731 - perf_analyzer's columns are microseconds
     row.update({"img_s": float(rec["Inferences/Second"]), "p50_ms": us("p50 latency"), "p90_ms": us("p90 latency"),
                 "p99_ms": us("p99 latency"), "avg_ms": us("Avg latency"), "client_send_ms": us("Client Send"),

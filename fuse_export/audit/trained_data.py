@@ -13,17 +13,14 @@ def trained_data(recipe: dict[str, Any], data: str | os.PathLike, data_format: s
     injection included (same seed, same flips), and its `data.limit` subset (same seed, same rows). With
     `data_format` given, the data is another set: that format, no options, no limit."""
     from fuse_export.data.registry import NOISE_OPTIONS, load_dataset
-    from fuse_export.training.build import limit_split
+    from fuse_export.training.build import prepare_data
+    from fuse_export.training.recipe import recipe_from_dict
 
     if data_format is not None:
         return load_dataset(data_format, data), []
     section = recipe.get("data", {})
-    fmt = section.get("format", "fer2013-csv")
-    ds = load_dataset(fmt, data, **dict(section.get("options", {})))
-    limit, seed = int(section.get("limit", 0) or 0), int(recipe.get("train", {}).get("seed", 0))
-    for name in ("train", "val", "test"):  # as training.build.prepare_data limits them
-        if name in ds.splits:
-            ds.splits[name] = limit_split(ds.splits[name], limit, seed)
+    ds = prepare_data(recipe_from_dict(recipe, str(data)), str(data))  # training's own loading, limit and all
+    limit = int(section.get("limit", 0) or 0)
     notes = []
     if ds.label_noise is not None:
         injected = {k: v for k, v in section.get("options", {}).items() if k in NOISE_OPTIONS}

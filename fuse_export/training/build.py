@@ -33,8 +33,7 @@ def holdout_split(split: Split, fraction: float, seed: int) -> tuple[np.ndarray,
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(hold_idx))
 
 
-def limit_split(split: Split, limit: int, seed: int) -> Split:
-    """At most `limit` samples of `split` (0: all), the same ones for the same seed (data.limit)."""
+def _limit(split: Split, limit: int, seed: int) -> Split:
     if limit <= 0 or len(split) <= limit:
         return split
     return split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:limit]))
@@ -48,7 +47,7 @@ def prepare_data(recipe: Recipe, data_path: str | None) -> FerDataset:
     for name in ("train", "val", "test"):
         if name not in ds.splits or len(ds.splits[name]) == 0:
             raise DataError(path, f"split {name!r} is empty")
-        ds.splits[name] = limit_split(ds.splits[name], recipe.data.limit, recipe.train.seed)
+        ds.splits[name] = _limit(ds.splits[name], recipe.data.limit, recipe.train.seed)
     return ds
 
 
