@@ -16,6 +16,8 @@ steps, the last steps, faulthandler's traceback) and resumes from that file when
 
     python benchmarks/stress_runtimes.py --minutes 20               # detached: setsid nohup ... &
     python benchmarks/stress_runtimes.py --minutes 3 --out /tmp/s.jsonl
+    python benchmarks/stress_runtimes.py --minutes 20 --core-per-activation --out before.jsonl   # the code before
+        the fix (60cd8a9): every OpenVINO runner activation makes its own `openvino.Core`
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "stress_runtimes.jsonl"
 CPU_BACKENDS = ("pytorch", "pytorch-bf16", "torchscript", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8",
                 "openvino", "openvino-bf16", "openvino-int8")
+# Which OpenVINO Core each runner used; cells written before the mode was recorded ran the code before the fix.
+MODES = {False: "shared Core", True: "Core per activation"}
 WORKER_MINUTES = 6.0  # one worker's share before a fresh process (a crash usually ends it sooner)
 
 
@@ -75,9 +79,15 @@ def setup(workdir: Path) -> dict:
 class Worker:
     """One process's random walk over the actions; `log` gets each step before it runs."""
 
-    def __init__(self, info: dict, seed: int, log: Path) -> None:
+    def __init__(self, info: dict, seed: int, log: Path, core_per_activation: bool = False) -> None:
         import fuse_export
         from fuse_export.runners.registry import BACKENDS
+
+        if core_per_activation:  # restore the behaviour before the fix: a new Core (CPU plugin, TBB arenas) each time
+            from fuse_export.exporters import to_openvino
+            from fuse_export.runners import openvino_runner
+
+            openvino_runner.shared_core = lambda: to_openvino.import_openvino().Core()
 
         self.fx = fuse_export
         self.info = info
@@ -204,12 +214,27 @@ class Worker:
             opt.step()
             opt.zero_grad()
 
+    def a_loader(self) -> None:
+        """A DataLoader with forked workers while the runtimes' thread pools are alive (as training in the suite)."""
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        self.note("loader")
+        data = TensorDataset(torch.randn(64, 3, 64, 64), torch.arange(64) % 7)
+        for x, _ in DataLoader(data, batch_size=16, num_workers=2):
+            x.mean().item()
+
+    def a_subprocess(self) -> None:
+        """A child process waited on with `communicate` (where the suite's crash was noticed)."""
+        self.note("subprocess")
+        subprocess.run([sys.executable, "-c", "print('x' * 10000)"], capture_output=True, check=True, timeout=60)
+
     def a_gc(self) -> None:
         self.note("gc")
         gc.collect()
 
     ACTIONS = (("a_cycle", 8), ("a_many", 4), ("a_threads", 3), ("a_export", 1), ("a_bench", 1), ("a_doctor", 1),
-               ("a_train", 2), ("a_gc", 2))
+               ("a_train", 2), ("a_loader", 1), ("a_subprocess", 1), ("a_gc", 2))
 
     def walk(self, until: float) -> None:
         names, weights = zip(*self.ACTIONS)
@@ -220,7 +245,7 @@ class Worker:
 
 def worker_main(args: argparse.Namespace) -> int:
     info = json.loads((Path(args.workdir) / "setup.json").read_text())
-    w = Worker(info, args.seed, Path(args.steps_log))
+    w = Worker(info, args.seed, Path(args.steps_log), args.core_per_activation)
     w.walk(time.time() + args.worker_minutes * 60)
     return 3 if w.mismatches else 0
 
@@ -250,13 +275,15 @@ def supervise(args: argparse.Namespace) -> int:
         steps.unlink(missing_ok=True)
         t0 = time.time()
         with open(stderr, "w") as err:
-            rc = subprocess.run([sys.executable, "-X", "faulthandler", __file__, "--worker", "--seed", str(seed),
-                                 "--workdir", args.workdir, "--steps-log", str(steps),
-                                 "--worker-minutes", str(minutes)], stdout=err, stderr=err).returncode
+            cmd = [sys.executable, "-X", "faulthandler", __file__, "--worker", "--seed", str(seed),
+                   "--workdir", args.workdir, "--steps-log", str(steps), "--worker-minutes", str(minutes)]
+            cmd += ["--core-per-activation"] if args.core_per_activation else []
+            rc = subprocess.run(cmd, stdout=err, stderr=err).returncode
         seconds = round(time.time() - t0, 1)
         lines = tail_lines(steps, 12)
         cell = {"seed": seed, "rc": rc, "signal": signal.Signals(-rc).name if rc < 0 else None,
-                "seconds": seconds, "steps": len(steps.read_text().splitlines()) if steps.is_file() else 0,
+                "mode": MODES[args.core_per_activation], "seconds": seconds,
+                "steps": len(steps.read_text().splitlines()) if steps.is_file() else 0,
                 "crashed": rc < 0, "mismatch": rc == 3, "last_steps": [json.loads(x) for x in lines],
                 "stderr_tail": tail_lines(stderr, 40) if rc else [], "cpu": cpu.model,
                 "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -277,9 +304,10 @@ def report(out: Path) -> str:
     """The markdown summary RESULTS.md quotes, from the JSONL alone."""
     cells = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     crashes = [c for c in cells if c["crashed"]]
-    lines = ["| seed | date | CPU | seconds | steps | rc | signal |", "|---:|---|---|---:|---:|---:|---|"]
-    lines += [f"| {c['seed']} | {c['date']} | {c['cpu']} | {c['seconds']:.0f} | {c['steps']} | {c['rc']} | "
-              f"{c['signal'] or '-'} |" for c in cells]
+    lines = ["| seed | date | CPU | OpenVINO | seconds | steps | rc | signal |",
+             "|---:|---|---|---|---:|---:|---:|---|"]
+    lines += [f"| {c['seed']} | {c['date']} | {c['cpu']} | {c.get('mode', MODES[True])} | {c['seconds']:.0f} | "
+              f"{c['steps']} | {c['rc']} | {c['signal'] or '-'} |" for c in cells]
     lines.append("")
     lines.append(f"{len(cells)} workers, {sum(c['seconds'] for c in cells) / 60:.1f} min, "
                  f"{sum(c['steps'] for c in cells)} steps: {len(crashes)} crashed, "
@@ -296,6 +324,8 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=20.0, help="total worker time (resumed from --out)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "fuse-export-stress"))
+    ap.add_argument("--core-per-activation", action="store_true",
+                    help="run the code before the fix: every OpenVINO activation makes its own Core")
     ap.add_argument("--report", action="store_true", help="print the markdown summary of --out and exit")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
