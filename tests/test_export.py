@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fuse_export.cli import app
 from fuse_export.compare import parity
-from fuse_export.exporters.formats import FORMATS, parse_formats
+from fuse_export.exporters.formats import FORMATS, parse_formats, resolve
 from fuse_export.errors import ExportError, UserError
 from fuse_export.fileio import sha256_file
 from fuse_export.model.fused import ExportView
@@ -91,6 +91,16 @@ def test_static_batch_onnx(tiny_run, tmp_path):
     export_checkpoint(tiny_run.best, [FORMATS["onnx"]], tmp_path, static_batch=True, batch=4)
     model = onnx.load(str(tmp_path / "model.onnx"))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+
+
+def test_each_format_that_stands_alone_names_its_metadata_reader(tiny_export):
+    """A lone artifact is described by the metadata inside it: the format table names the reader of every format
+    but a raw TensorRT plan, and the readers of this export's files give what its manifest records."""
+    assert {k for k, f in FORMATS.items() if f.metadata_reader is None} == {"tensorrt"}
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    for key in ("torchscript", "onnx"):
+        meta = resolve(FORMATS[key].metadata_reader)(tiny_export / FORMATS[key].file_name)
+        assert meta["class_names"] == manifest["class_names"] and meta["preprocessing"] == manifest["preprocessing"]
 
 
 def test_format_table_validation():

@@ -36,12 +36,15 @@ FORMATS: dict[str, Format] = {
     f.key: f
     for f in (
         Format("torchscript", "TorchScript", "model.torchscript", "torchscript", True, True, ("fp32",),
-               frozenset({"static_batch", "embed_preprocessing"})),
+               frozenset({"static_batch", "embed_preprocessing"}),
+               metadata_reader="fuse_export.exporters.to_torchscript:read_torchscript_metadata"),
         # fp16: converted graph; int8: static PTQ to Q/DQ (fuse_export.exporters.onnx_precision).
         Format("onnx", "ONNX", "model.onnx", "onnxruntime", True, True, ("fp32", "fp16", "int8"),
-               frozenset({"opset", "static_batch", "precision", "embed_preprocessing"})),
+               frozenset({"opset", "static_batch", "precision", "embed_preprocessing"}),
+               metadata_reader="fuse_export.exporters.metadata:read_onnx_metadata"),  # torch-free
         # torch.export + AOTInductor package, compiled for CPU (compiling needs a C++ compiler).
-        Format("pt2", "AOTInductor (pt2)", "model.pt2", "pt2", True, False, ("fp32",), frozenset({"static_batch"})),
+        Format("pt2", "AOTInductor (pt2)", "model.pt2", "pt2", True, False, ("fp32",), frozenset({"static_batch"}),
+               metadata_reader="fuse_export.exporters.to_pt2:read_pt2_metadata"),
         # torch.export lowered to ExecuTorch's XNNPACK delegate: a .pte program for phones and boards
         # (fuse_export.exporters.to_executorch); its package needs numpy >= 2, an environment of its own.
         Format("executorch", "ExecuTorch (XNNPACK)", "model.pte", "executorch", True, False, ("fp32", "int8"),

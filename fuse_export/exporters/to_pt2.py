@@ -131,3 +131,8 @@ def load_pt2(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
                         "with --format pt2 using this torch version") from None
     raw = model.get_metadata().get(METADATA_KEY, "")
     return model, (json.loads(raw) if raw else {})
+
+
+def read_pt2_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata embedded in an AOTInductor package (the format table's `metadata_reader`)."""
+    return load_pt2(path)[1]

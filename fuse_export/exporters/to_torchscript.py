@@ -45,3 +45,8 @@ def load_torchscript(path: str | os.PathLike, device: str = "cpu") -> tuple[torc
         module = torch.jit.load(str(path), map_location=device, _extra_files=files)
     meta = json.loads(files[METADATA_FILE]) if files[METADATA_FILE] else {}
     return module.eval(), meta
+
+
+def read_torchscript_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata embedded in a TorchScript file (the format table's `metadata_reader`)."""
+    return load_torchscript(path)[1]

@@ -59,19 +59,7 @@ def _artifact_file_format(path: Path) -> str:
 
 def _embedded_metadata(path: Path, fmt: str) -> dict[str, Any]:
     """The metadata every exporter writes into its file (for an artifact without its manifest)."""
-    if fmt == "onnx":
-        from fuse_export.exporters.metadata import read_onnx_metadata  # torch-free
-
-        return read_onnx_metadata(path)
-    if fmt == "torchscript":
-        from fuse_export.exporters.to_torchscript import load_torchscript
-
-        return load_torchscript(path)[1]
-    if fmt == "pt2":
-        from fuse_export.exporters.to_pt2 import load_pt2
-
-        return load_pt2(path)[1]
-    if FORMATS[fmt].metadata_reader:  # formats whose table row names their reader
+    if FORMATS[fmt].metadata_reader:  # the format table names each reader
         from fuse_export.exporters.formats import resolve
 
         return resolve(FORMATS[fmt].metadata_reader)(path)
