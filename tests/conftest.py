@@ -42,6 +42,20 @@ def tiny_export(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def et_export(tiny_run, tiny_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run exported to ExecuTorch and ONNX, fp32 and int8, in one folder (each verified against eager by
+    export; int8 calibrated on the tiny data set). Needs the executorch extra: tests/test_executorch.py skips, or
+    fails under FUSE_EXPORT_REQUIRE_EXECUTORCH, without it; tests/test_executorch_cpp.py shares this export."""
+    from fuse_export.app.export_verify import export_checkpoint
+    from fuse_export.exporters.formats import FORMATS
+
+    out = tmp_path_factory.mktemp("et") / "export"
+    export_checkpoint(tiny_run.best, [FORMATS["executorch"], FORMATS["onnx"]], out, precisions=("fp32", "int8"),
+                      calibration_data=tiny_csv, calibration_samples=128, calibration_method="percentile")
+    return out
+
+
+@pytest.fixture(scope="session")
 def pt2_export(tiny_export: Path, tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`tiny_export` plus an AOTInductor package (model.pt2) in one folder: the one pt2 compile of a session."""
     from fuse_export.errors import BackendUnavailable

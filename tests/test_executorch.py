@@ -26,19 +26,6 @@ if importlib.util.find_spec("executorch") is None:
 from fuse_export.errors import IntegrityError  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def et_export(tiny_run, tiny_csv, tmp_path_factory) -> Path:
-    """The tiny run exported to ExecuTorch and ONNX, fp32 and int8, in one folder (each verified against eager by
-    export; int8 calibrated on the tiny data set)."""
-    from fuse_export.app.export_verify import export_checkpoint
-    from fuse_export.exporters.formats import FORMATS
-
-    out = tmp_path_factory.mktemp("et") / "export"
-    export_checkpoint(tiny_run.best, [FORMATS["executorch"], FORMATS["onnx"]], out, precisions=("fp32", "int8"),
-                      calibration_data=tiny_csv, calibration_samples=128, calibration_method="percentile")
-    return out
-
-
 def faces(n: int, size: int) -> list:
     """`n` generated faces as PIL images (what `predict` takes)."""
     from PIL import Image

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_executorch import et_export  # noqa: F401  (the fixture; importing it skips or fails without executorch)
+import test_executorch  # noqa: F401  (its module-level skip, or failure, without executorch; et_export: conftest)
 from test_cpp_client import _compiler, generated_input
 
 from fuse_export.compare.parity import tolerance_for
