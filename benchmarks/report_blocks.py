@@ -201,13 +201,20 @@ def render_cold_start() -> str:
 
 
 def render_cpu_runtimes() -> str:
-    r, idle = quoted("cpu-runtimes"), quoted("cpu-speed")
-    ratios = ", ".join(f"{k} {fix(v)}" for k, v in r["b1_vs_eager"].items())
+    """From `bench_cpu_runtimes.py`'s JSON of the idle run on a CPU with AMX (benchmarks/RESULTS.md, issue 27)."""
+    doc = json.loads((RESULTS_DIR / "bench_cpu_runtimes_amx.json").read_text(encoding="utf-8"))
+    b1, quality, bare = doc["latency"]["batch_1"], doc["quality"], doc["fused_vs_bare"]
+    names = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO fp32", "onnxruntime-int8": "ONNX Runtime int8",
+             "openvino-bf16": "OpenVINO bf16", "openvino-int8": "OpenVINO int8"}
+    ratios = ", ".join(f"{name} {fix(b1[k]['ratio'], 3)}"
+                       + ("" if quality[k]["parity"]["passed"] else " (outside its parity bound)")
+                       for k, name in names.items())
+    load = doc["load_average"]
     return bullet(
-        f"CPU runtimes side by side (224 px, batch 1, ratio to eager fp32 in the same interleaved rounds; "
-        f"{where(r)}, load average {r['load']}; `{r['command']}`): {ratios}; each within its parity bound. "
-        f"Under that load eager PyTorch slows far more than the others, so read these as an ordering, not as "
-        f"idle-CPU figures (idle, {idle['date']}: ONNX Runtime {fix(idle['ort_vs_eager'])}x eager).")
+        f"CPU runtimes (224 px, batch 1, 2 threads, x eager fp32 in the same interleaved rounds; "
+        f"{machine_name(doc['machine'])} with AMX, {doc['date'][:10]}, load {fix(load['start'][0])}; "
+        f"`benchmarks/bench_cpu_runtimes.py`): {ratios}. Fused / bare ResNet-18 through OpenVINO: "
+        f"{fix(bare['fused_over_bare_fp32'], 3)} fp32, {fix(bare['fused_over_bare_bf16'], 3)} bf16.")
 
 
 def render_hostile_inputs() -> str:
