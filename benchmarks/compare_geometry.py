@@ -127,7 +127,7 @@ def run_cell(cfg: Config, training: str, seed: int, data: Path, run_dir: Path) -
 def code_digest() -> str:
     """Hash of the code the numbers depend on: rows from older code are never reused."""
     pkg = ROOT / "fuse_export"
-    files = sorted([*(pkg / "data").glob("*.py"), *(pkg / "model").glob("*.py"), *(pkg / "train").glob("*.py"),
+    files = sorted([*(pkg / "data").glob("*.py"), *(pkg / "model").glob("*.py"), *(pkg / "training").glob("*.py"),
                     pkg / "contract.py", pkg / "preprocess.py", ROOT / "recipes" / "synthetic-quick.toml"])
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 

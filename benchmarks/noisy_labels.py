@@ -149,7 +149,7 @@ def code_digest() -> str:
     """Hash of the code a run's numbers depend on, so a cached run from older code is never reused."""
     root = Path(__file__).resolve().parents[1] / "fuse_export"
     files = [*sorted((root / "audit").glob("*.py")), root / "contract.py", *sorted((root / "data").glob("*.py")),
-             *sorted((root / "model").glob("*.py")), *sorted((root / "train").glob("*.py"))]
+             *sorted((root / "model").glob("*.py")), *sorted((root / "training").glob("*.py"))]
     here = "".join(inspect.getsource(f) for f in (make_data, rewrite_training_labels, measure_run))
     return hashlib.sha256(b"".join(f.read_bytes() for f in files) + here.encode()).hexdigest()[:16]
 

@@ -152,7 +152,7 @@ def code_digest() -> str:
     pkg = ROOT / "fuse_export"
     files = [pkg / "contract.py", pkg / "preprocess.py", *sorted((pkg / "audit").glob("*.py")),
              *sorted((pkg / "data").glob("*.py")), *sorted((pkg / "model").glob("*.py")),
-             *sorted((pkg / "train").glob("*.py"))]
+             *sorted((pkg / "training").glob("*.py"))]
     here = "".join(inspect.getsource(f) for f in (make_data, train_job, fold_job, Config))
     return hashlib.sha256(b"".join(f.read_bytes() for f in files) + here.encode()).hexdigest()[:16]
 
