@@ -83,3 +83,6 @@ def test_client_errors_are_one_line_with_exit_codes(client, pt2_export, tmp_path
     assert proc.returncode == 2 and "100 bytes is not a whole number of float32 [3, 40, 40] images" in proc.stderr
     proc = subprocess.run([str(client), str(tmp_path / "missing.pt2")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "frame #" not in proc.stderr
+    proc = subprocess.run([str(client), str(pt2_export / "model.pt2"), "--batch", "two"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "--batch needs an integer, got two" in proc.stderr

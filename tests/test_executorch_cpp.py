@@ -124,6 +124,9 @@ def test_client_errors_name_the_file_with_exit_codes(et_client, et_export, tmp_p
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"100 bytes is not a whole number of float32 [3, {size}, {size}] images" in proc.stderr
+    proc = subprocess.run([str(et_client), str(et_export / "model.pte"), "--batch", "two"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "--batch needs an integer, got two" in proc.stderr
     (tmp_path / "junk.pte").write_bytes(b"not a program" * 10)
     for bad in (tmp_path / "missing.pte", tmp_path / "junk.pte"):
         proc = subprocess.run([str(et_client), str(bad)], capture_output=True, text=True, timeout=60)

@@ -48,9 +48,19 @@ Args parse_args(int argc, char** argv) {
       if (i + 1 >= argc) usage(arg + " needs a value");
       return argv[++i];
     };
+    auto integer = [&]() -> int64_t {  // "--batch two" is a usage error (exit 2), not an uncaught exception
+      const std::string v = value();
+      try {
+        size_t used = 0;
+        const int64_t n = std::stoll(v, &used);
+        if (used == v.size()) return n;
+      } catch (const std::exception&) {
+      }
+      usage(arg + " needs an integer, got " + v);
+    };
     if (arg == "--input") a.input = value();
-    else if (arg == "--batch") a.batch = std::stoll(value());
-    else if (arg == "--size") a.size = std::stoll(value());
+    else if (arg == "--batch") a.batch = integer();
+    else if (arg == "--size") a.size = integer();
     else if (!arg.empty() && arg[0] == '-') usage("unknown option " + arg);
     else if (a.model.empty()) a.model = arg;
     else usage("more than one MODEL given");
