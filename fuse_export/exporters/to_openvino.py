@@ -39,10 +39,12 @@ _CORE_LOCK = threading.Lock()
 
 
 def shared_core():
-    """The process's one `openvino.Core`, made on first use. OpenVINO builds (2026.0 from conda-forge; the pip
-    build of 2026.x in Ultralytics' test runs) segfault once a process has created and queried a second Core,
-    and each Core loads its own CPU plugin, executors and TBB arenas: every reader, converter and runner here
-    shares one instead (the Core is safe to use from several threads)."""
+    """The process's one `openvino.Core`, made on first use; every reader, converter and runner here shares it
+    (a Core is safe to use from several threads). Each Core's CPU plugin gives the creating thread an alternate
+    signal stack and unmaps it when the plugin goes, restoring the previous one only if its own is still current:
+    plugins dropped out of creation order leave the thread registered on an unmapped stack, and the next signal
+    with a Python handler (torch's DataLoader sets one for SIGCHLD) kills the process with SIGSEGV or writes over
+    live memory (issue 27; benchmarks/RESULTS.md). One Core, one plugin, alive until exit."""
     global _CORE
     with _CORE_LOCK:
         if _CORE is None:
