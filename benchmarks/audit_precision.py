@@ -14,6 +14,10 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+
+from fuse_export.audit import precision_at_k, recall_at_k
+
 
 def measure(audit_csv: Path, noise_json: Path) -> dict:
     noise = json.loads(noise_json.read_text())
@@ -25,10 +29,11 @@ def measure(audit_csv: Path, noise_json: Path) -> dict:
     missing = flipped - set(names)
     if missing:
         raise SystemExit(f"{audit_csv}: {len(missing)} flipped samples are not in the audit (another split?)")
+    order = np.arange(len(names))  # the CSV is the ranking, most suspicious first
+    wrong = np.array([n in flipped for n in names])
     return {"noise": {k_: noise[k_] for k_ in ("kind", "rate", "seed", "count")}, "samples": len(names), "k": k,
             "ranked_by": rows[0]["ranked_by"] if rows else None,
-            "precision_at_k": sum(n in flipped for n in names[:k]) / k,
-            "recall_at_2k": sum(n in flipped for n in names[:2 * k]) / k}
+            "precision_at_k": precision_at_k(order, wrong, k), "recall_at_2k": recall_at_k(order, wrong, 2 * k)}
 
 
 def main() -> None:

@@ -21,8 +21,7 @@ Method (as benchmarks/bench_int8_cpu.py; training at 224 on 2 CPU cores takes ho
    `--bare-rounds` paired rounds, reported as the median per-round ratio with a bootstrap 95% interval, and
    OpenVINO's per-node profile of what the fused graph runs after global pooling. Both models are compiled
    afresh `--bare-compiles` times (the ratio moves between compiles by more than within one); the verdict is
-   the median over compiles. `--bare-mode calls` (default) alternates fused, bare, fused ... call by call;
-   `blocks` runs each model for a warm block of calls per round, as a deployed model runs.
+   the median over compiles; within a compile, calls alternate fused, bare, fused ...
    `--only-fused-vs-bare` runs this part alone.
 
     python benchmarks/bench_cpu_runtimes.py [--checkpoint best.pt --data faces.csv] [--work DIR] [--json out.json]
@@ -201,29 +200,19 @@ def latency(checkpoint: Path, folder: Path, pre: Preprocessing, keys: list[str],
 
 
 def paired_rounds(a: Callable[[], Any], b: Callable[[], Any], rounds: int, iterations: int,
-                  warmup: int, blocks: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a ms, b ms, per-round median(a) / median(b)); the order is flipped every round, so both see the same
-    machine state, and a round is the unit of the interval. `blocks`: within a round, `warmup` then `iterations`
-    calls of one, then of the other (warm caches, as a deployed model runs); otherwise calls alternate a, b, a ..."""
-    def timed(fn: Callable[[], Any]) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-
+                  warmup: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a ms, b ms, per-round median(a) / median(b)): calls alternate a, b, a, b ... within each round, the
+    order flipped every round, so both see the same machine state; a round is the unit of the interval."""
     ta, tb, ratio = [], [], []
     for r in range(rounds):
+        for _ in range(warmup):
+            a(), b()
         ra, rb = [], []
-        if blocks:
-            for fn, out in [(a, ra), (b, rb)] if r % 2 == 0 else [(b, rb), (a, ra)]:
-                for _ in range(warmup):
-                    fn()
-                out += [timed(fn) for _ in range(iterations)]
-        else:
-            for _ in range(warmup):
-                a(), b()
-            for i in range(2 * iterations):
-                fn, out = (a, ra) if (i + r) % 2 == 0 else (b, rb)
-                out.append(timed(fn))
+        for i in range(2 * iterations):
+            fn, out = (a, ra) if (i + r) % 2 == 0 else (b, rb)
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
         ta += ra
         tb += rb
         ratio.append(float(np.median(ra) / np.median(rb)))
@@ -268,8 +257,7 @@ def post_pooling_profile(core, xml: Path, cfg: dict[str, str], x: np.ndarray, ca
 
 
 def fused_vs_bare(fused_xml: Path, bare_xml: Path, threads: int, rounds: int, iterations: int, size: int,
-                  precisions: list[str], target: float = 1.05, blocks: bool = False,
-                  compiles: int = 1) -> dict[str, Any]:
+                  precisions: list[str], target: float = 1.05, compiles: int = 1) -> dict[str, Any]:
     """Fused IR vs bare ResNet-18 IR through OpenVINO at each precision, same settings (the runner's config),
     batch 1: paired rounds, a bootstrap interval of the per-round ratio, and where the fused graph spends
     its extra time (per-node profile after global pooling). With `compiles` > 1 both models are compiled
@@ -290,13 +278,13 @@ def fused_vs_bare(fused_xml: Path, bare_xml: Path, threads: int, rounds: int, it
                     for name, xml in (("fused", fused_xml), ("bare", bare_xml))}
             fused_ms, bare_ms, per_round = paired_rounds(lambda: reqs["fused"].infer({0: x}),
                                                          lambda: reqs["bare"].infer({0: x}), rounds, iterations,
-                                                         3, blocks)
+                                                         3)
             runs.append({"fused_ms": float(np.median(fused_ms)), "bare_ms": float(np.median(bare_ms)),
                          "fused_over_bare": ratio_summary(per_round, target)})
             del reqs
         medians = [r["fused_over_bare"]["median"] for r in runs]
         above = sum(m > target for m in medians)
-        out[precision] = {**runs[0], "mode": "blocks" if blocks else "calls", "compiles": runs,
+        out[precision] = {**runs[0], "compiles": runs,
                           "over_compiles": {"median": float(np.median(medians)), "min": min(medians),
                                             "max": max(medians), "above_target": above, "target": target,
                                             "verdict": "met" if np.median(medians) <= target else "missed"},
@@ -325,8 +313,6 @@ def main() -> None:
     ap.add_argument("--bare-iterations", type=int, default=10, help="Calls of each model per paired round")
     ap.add_argument("--bare-compiles", type=int, default=6,
                     help="Fused vs bare: compile both models afresh this many times (the ratio moves between compiles)")
-    ap.add_argument("--bare-mode", choices=("blocks", "calls"), default="calls",
-                    help="Fused vs bare: a warm block of calls per model and round, or calls alternating one by one")
     ap.add_argument("--only-fused-vs-bare", action="store_true",
                     help="Skip parity, accuracy and the backend table: export the fp32 IR and compare it to a bare "
                          "ResNet-18 only")
@@ -359,11 +345,10 @@ def main() -> None:
             lat = latency(checkpoint, folder, pre, keys, args.threads, args.rounds,
                           {1: args.iterations, 32: args.iterations_b32}, pool)
         precisions = ["fp32"] + (["bf16"] if cpu.native_bf16 else [])
-        print(f"fused vs bare ResNet-18 through OpenVINO ({args.bare_rounds} paired rounds, {args.bare_mode}) ...",
-              flush=True)
+        print(f"fused vs bare ResNet-18 through OpenVINO ({args.bare_rounds} paired rounds) ...", flush=True)
         bare = fused_vs_bare(folder / "model.xml", bare_resnet18_ir(work, args.size, pre.num_classes), args.threads,
                              args.bare_rounds, args.bare_iterations, args.size, precisions,
-                             blocks=args.bare_mode == "blocks", compiles=args.bare_compiles)
+                             compiles=args.bare_compiles)
     load["end"] = os.getloadavg()
     if quality:
         report(args, cpu, keys, quality, lat)
@@ -422,8 +407,8 @@ def report_fused_vs_bare(cpu, bare: dict) -> None:
         for i, run in enumerate(res.get("compiles", [res])):
             r = run["fused_over_bare"]
             lo, hi = r["bootstrap95"]
-            print(f"fused / bare ResNet-18 through OpenVINO {prec}, batch 1, {res.get('mode', 'calls')}, "
-                  f"compile {i + 1} (target <= {r['target']}): median {r['median']:.3f} over {r['rounds']} paired rounds (fused "
+            print(f"fused / bare ResNet-18 through OpenVINO {prec}, batch 1, compile {i + 1} (target <= {r['target']}): "
+                  f"median {r['median']:.3f} over {r['rounds']} paired rounds (fused "
                   f"{run['fused_ms']:.2f} ms, bare {run['bare_ms']:.2f} ms); bootstrap 95% interval {lo:.3f}-{hi:.3f}; "
                   f"per-round 5-95% {r['p5']:.3f}-{r['p95']:.3f}")
         if "over_compiles" in res:

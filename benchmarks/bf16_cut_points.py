@@ -24,18 +24,7 @@ from fuse_export.data.fer2013 import load_fer2013_csv
 from fuse_export.exporters.to_openvino import import_openvino, shared_core
 from fuse_export.fileio import write_json
 from fuse_export.preprocess import preprocess
-
-
-def cut(ov, model, name: str):
-    """(before, after): `model` cut at the output of the node called `name`."""
-    node = next(op for op in model.get_ordered_ops() if op.get_friendly_name() == name)
-    out = node.output(0)
-    consumers = list(out.get_target_inputs())
-    before = ov.Model([out], model.get_parameters(), "before")
-    mid = ov.opset13.parameter(out.get_partial_shape(), out.get_element_type(), name="mid")
-    for consumer in consumers:
-        consumer.replace_source_output(mid.output(0))
-    return before, ov.Model(model.outputs, [mid], "after")
+from fuse_export.runners.openvino_runner import cut_model
 
 
 def run(stages: list, x: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -79,7 +68,8 @@ def main() -> None:
     for label, (cuts, precisions) in plans.items():
         parts, rest = [], core.read_model(xml)
         for name in cuts:
-            before, rest = cut(ov, rest, name)
+            node = next(op for op in rest.get_ordered_ops() if op.get_friendly_name() == name)
+            before, rest = cut_model(ov, rest, node.output(0))
             parts.append(before)
         got = run([compile_(m, p) for m, p in zip(parts + [rest], precisions)], x)
         d = np.abs(got - ref).max(1)

@@ -85,10 +85,15 @@ def split_after_pooling(ov, model):
     pools = [op for op in model.get_ordered_ops() if op.get_type_name() in ("ReduceMean", "AvgPool")]
     if not pools:
         return None
-    pooled = pools[-1].output(0)
-    consumers = list(pooled.get_target_inputs())  # before the trunk's own Result joins them
-    trunk = ov.Model([pooled], model.get_parameters(), "trunk")
-    feature = ov.opset13.parameter(pooled.get_partial_shape(), pooled.get_element_type(), name="pooled_features")
+    return cut_model(ov, model, pools[-1].output(0), "pooled_features")
+
+
+def cut_model(ov, model, output, name: str = "cut"):
+    """(before, after): `model` cut at `output` (a node's output). `before` ends there; `after` takes it as a new
+    parameter `name` and keeps the model's outputs. The model is modified (read a fresh one to cut again)."""
+    consumers = list(output.get_target_inputs())  # before the first part's own Result joins them
+    before = ov.Model([output], model.get_parameters(), "before")
+    fed = ov.opset13.parameter(output.get_partial_shape(), output.get_element_type(), name=name)
     for consumer in consumers:
-        consumer.replace_source_output(feature.output(0))
-    return trunk, ov.Model(model.outputs, [feature], "heads")
+        consumer.replace_source_output(fed.output(0))
+    return before, ov.Model(model.outputs, [fed], "after")
