@@ -271,6 +271,11 @@ def render_trunk_noise() -> str:
     return block.removeprefix(README_START + "\n").removesuffix("\n" + README_END)
 
 
+def render_trunk_noise_report() -> str:
+    """RESULTS.md's copy of the study's report: its plot linked from benchmarks/ (the report sits in results/)."""
+    return _study_report("trunk_noise")().replace("](trunk_noise.png)", "](results/trunk_noise.png)")
+
+
 def render_serve_summary() -> str:
     """docs/deploy.md's bullet on `serve`'s measured defaults, from bench_serve.py's JSON lines."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -293,6 +298,7 @@ STUDY_BLOCKS: dict[str, Callable[[], str]] = {
     "compare-stacker": _study_report("compare_stacker"),
     "compare-geometry": _study_report("compare_geometry"),
     "trunk-noise": render_trunk_noise,
+    "trunk-noise-report": render_trunk_noise_report,
     "bench-serve": _study_report("bench_serve"),
     "bench-web": render_bench_web,
 }

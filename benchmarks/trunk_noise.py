@@ -10,12 +10,18 @@ evaluated against the truth: AUM from the training dynamics saved with the run, 
 fold models), the in-sample probabilities, with and without per-class thresholds; and `audit_checkpoint` with
 its defaults, as `fuse-export audit-labels CHECKPOINT --data PATH` runs it.
 
-    python benchmarks/pretrain_identity.py --image-size 32            # the trunk (runs/pretrain/...)
+    python benchmarks/pretrain_identity.py --image-size 64 --epochs 6 \\
+        --out runs/pretrain/identity_resnet18.pth                     # the trunk (about 10 min on 2 cores)
     python benchmarks/trunk_noise.py --tuning                          # the tuning data set (other faces)
-    python benchmarks/trunk_noise.py                                   # the experiment (about 3 h on 2 cores)
-    python benchmarks/trunk_noise.py --report-only                     # re-render from the cached runs
-Runs are cached under --work (a run is redone only when its settings or the code they depend on change), so
-an interrupted experiment continues where it stopped; --max-minutes stops submitting new runs after a while.
+    setsid nohup python benchmarks/trunk_noise.py > runs/trunk_noise.log 2>&1 &   # one 60-minute chunk
+    python benchmarks/trunk_noise.py --report-only                     # re-render from the log
+Each finished job is appended at once to benchmarks/results/NAME.jsonl, its arrays (labels, probabilities, AUM;
+a fold model's out-of-fold probabilities) to benchmarks/results/NAME/, both committed: a rerun, in this session or
+the next, on this machine or another, skips every job the log holds for the same configuration, STUDY_VERSION
+and trunk file (its digest is part of the key: a re-pretrained trunk that differs starts its own rows, and
+pairs are only ever formed within one trunk). --max-minutes (default 60) stops submitting new jobs after a
+while; the grid as a whole is several hours on 2 cores (a 64 px run takes about 3.6 min on 2 threads), so it is
+run in chunks, the issue's targets first (see plan()). A machine with N cores runs N single-threaded jobs at once.
 Choices of the audit's defaults are made on the tuning data set (data seed 1), never on the reported runs.
 """
 
@@ -26,6 +32,7 @@ import hashlib
 import inspect
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import time
@@ -39,6 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noisy_labels import MODELS, Variant, relabel_record, rewrite_training_labels  # noqa: E402
+from study_log import append_rows, read_rows  # noqa: E402
 from trunk_noise_report import write_report  # noqa: E402
 
 from fuse_export.audit import AuditOptions, audit_checkpoint, precision_at_k, recall_at_k, roc_auc  # noqa: E402
@@ -49,7 +57,7 @@ from fuse_export.data.synthetic import SyntheticSpec  # noqa: E402
 from fuse_export.data.synthetic_csv import write_fer2013_csv  # noqa: E402
 from fuse_export.data.torchdata import eval_batches  # noqa: E402
 from fuse_export.data.transforms import eval_transform  # noqa: E402
-from fuse_export.fileio import sha256_file, write_json  # noqa: E402
+from fuse_export.fileio import atomic_path, sha256_file  # noqa: E402
 from fuse_export.training.build import holdout_split  # noqa: E402
 from fuse_export.training.checkpoint import load_model  # noqa: E402
 from fuse_export.training.dynamics import TrainingDynamics  # noqa: E402
@@ -65,9 +73,9 @@ DEFAULT_TRUNK = ROOT / "runs" / "pretrain" / "identity_resnet18.pth"
 class Config:
     """Everything that decides the numbers (hashed into each run's cache key)."""
 
-    samples_per_class: int = 300
-    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    image_size: int = 32
+    samples_per_class: int = 600  # the quickstart's faces: at 32 px / 300 per class the audit stalled at 0.61-0.72
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    image_size: int = 64
     epochs: int = 12
     batch_size: int = 64
     lr: float = 1e-3
@@ -75,14 +83,15 @@ class Config:
     margin1: float = 0.07
     margin2: float = 0.2
     relabel_fraction: float = 0.5  # relabeling starts at this share of the epochs
-    settings: tuple[str, ...] = ("sym0", "sym10", "sym20", "sym30", "asym30")
-    trunks: tuple[str, ...] = ("scratch", "identity")
+    # In the order they are run: the issue's targets first (30%, then 20% noise, on the pretrained trunk).
+    settings: tuple[str, ...] = ("sym30", "sym20", "sym0", "asym30", "sym10")
+    trunks: tuple[str, ...] = ("identity", "scratch")
     models: tuple[str, ...] = ("dcnn", "scn", "fused")
     seeds: tuple[int, ...] = (0, 1, 2)
     data_seed: int = 0
     folds: int = 4
     fold_epochs: int = 8
-    crossfit_settings: tuple[str, ...] = ("sym20", "sym30", "asym30")
+    crossfit_settings: tuple[str, ...] = ("sym30", "sym20", "asym30")
     crossfit_trunks: tuple[str, ...] = ("identity",)
 
     @property
@@ -104,8 +113,8 @@ class Config:
 
 
 # The tuning data set: other faces (data seed 1), one noise draw, the pretrained trunk, the fused model.
-TUNING = dict(data_seed=1, seeds=(100,), settings=("sym20", "sym30"), trunks=("identity",), models=("fused",),
-              crossfit_settings=("sym20", "sym30"))
+TUNING = dict(data_seed=1, seeds=(100,), settings=("sym30", "sym20"), trunks=("identity",),
+              crossfit_settings=("sym30",))
 QUICK = dict(samples_per_class=30, epochs=3, folds=2, fold_epochs=2, settings=("sym0", "sym30", "asym30"),
              seeds=(0, 1), crossfit_settings=("sym30",))
 # What the reported experiment runs from scratch and cross-fits (CPU time: a run takes ~3 min on one core, so the
@@ -166,9 +175,20 @@ def weights_digest(weights: str) -> str:
     return sha256_file(weights)[:16] if weights else ""
 
 
+# Bumped when a change to the code would change the numbers of finished cells: the committed log's rows are
+# reused across sessions and machines as long as it, the configuration and the trunk file are the same (each row
+# also records the digest of the code that made it, `code`).
+STUDY_VERSION = 2
+
+
 def job_key(cfg: Config, *parts: Any) -> str:
     base = asdict(replace(cfg, settings=(), trunks=(), models=(), seeds=(), crossfit_settings=(), crossfit_trunks=()))
-    return hashlib.sha256(json.dumps([base, list(map(str, parts)), code_digest()], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([STUDY_VERSION, base, list(map(str, parts))], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trunk_tag(trunk: str, digest: str) -> str:
+    """A trunk's name in the stored arrays' file names: rows of two different trunk files never mix."""
+    return f"{trunk}-{digest[:8]}" if digest else trunk
 
 
 def train_job(cfg: Config, trunk: str, setting: str, model: str, seed: int, clean: Path, noisy: Path, run: Path,
@@ -238,37 +258,61 @@ def fold_job(cfg: Config, trunk: str, setting: str, seed: int, k: int, noisy: Pa
     return {"trunk": trunk, "setting": setting, "seed": seed, "fold": k}
 
 
-def run_cached(fn: Any, key: str, run: Path, threads: int, *args: Any) -> dict[str, Any]:
-    """One job in a worker process (its log in run/train.log); a finished job with the same key is reused."""
+def run_job(fn: Any, key: str, run: Path, threads: int, *args: Any) -> dict[str, Any]:
+    """One job in a worker process (its log in run/train.log), from a fresh folder; returns its row."""
     import contextlib
 
     torch.set_num_threads(threads)
-    cache = run / "measured.json"
-    if cache.exists() and json.loads(cache.read_text()).get("key") == key:
-        return json.loads(cache.read_text())
-    if run.exists():  # a run cut short (chunk stopped, machine lost) or from older code: start it afresh
+    if run.exists():  # a run cut short (chunk stopped, machine lost): start it afresh
         shutil.rmtree(run)
     run.mkdir(parents=True)
+    started = time.time()
+    load_before = round(os.getloadavg()[0], 2)
     with open(run / "train.log", "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
-        row = fn(*args) | {"key": key}
-    write_json(cache, row)
-    for ckpt in run.glob("*.pt"):  # weights + Adam state; the measurement and audit.npz are what is kept
+        row = fn(*args)
+    for ckpt in run.glob("*.pt"):  # weights + Adam state; the row and the arrays are what is kept
         ckpt.unlink()
-    return row
+    return row | {"key": key, "code": code_digest(), "load_before": load_before,
+                  "load_after": round(os.getloadavg()[0], 2), "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                                                          time.gmtime()),
+                  "job_seconds": round(time.time() - started, 1)}
+
+
+@dataclass(frozen=True)
+class Job:
+    fn: Any
+    key: str
+    run: Path
+    args: tuple[Any, ...]
+    trunk: str
+    tag: str  # trunk_tag(): the trunk and its file's digest
+    setting: str
+    seed: int
+    fold: int | None = None  # a cross-fit fold model; None: a full run
+
+    @property
+    def array_name(self) -> str:
+        """Where its arrays are kept under the store's folder (committed with the log)."""
+        if self.fold is not None:
+            return f"folds/{self.tag}_{self.setting}_seed{self.seed}_fold{self.fold}.npz"
+        return f"{self.tag}_{self.setting}_fused_seed{self.seed}.npz"
 
 
 def plan(cfg: Config, work: Path, clean: Path, noisy: dict[tuple[str, int], Path], pretrained: Path,
          threads: int, scratch: tuple[str, ...] | None = None,
          crossfit: tuple[str, ...] | None = None,
-         narrow_seeds: tuple[int, ...] | None = None) -> list[tuple[Any, ...]]:
-    """Every job; `scratch` / `crossfit` narrow the settings run from scratch / cross-fitted, `narrow_seeds` their
-    seeds (CPU time)."""
+         narrow_seeds: tuple[int, ...] | None = None) -> list[Job]:
+    """Every job, in the order they run: the pretrained trunk first; its first two settings' full runs (the
+    issue's targets), then their cross-fits, then the other settings; `scratch` / `crossfit` narrow the settings
+    run from scratch / cross-fitted, `narrow_seeds` their seeds (CPU time)."""
     scratch = cfg.settings if scratch is None else scratch
     crossfit = cfg.crossfit_settings if crossfit is None else crossfit
     narrow_seeds = cfg.seeds if narrow_seeds is None else narrow_seeds
     jobs = []
     for trunk in cfg.trunks:
         weights = trunk_weights(trunk, pretrained)
+        digest = weights_digest(weights)
+        tag = trunk_tag(trunk, digest)
         for setting in cfg.settings:
             if trunk == "scratch" and setting not in scratch:
                 continue
@@ -276,35 +320,63 @@ def plan(cfg: Config, work: Path, clean: Path, noisy: dict[tuple[str, int], Path
                 if trunk == "scratch" and seed not in narrow_seeds:
                     continue
                 for model in cfg.models:
-                    run = work / "runs" / f"{trunk}_{setting}_{model}_seed{seed}"
-                    key = job_key(cfg, "train", trunk, setting, model, seed, weights_digest(weights))
-                    jobs.append((train_job, key, run, threads, cfg, trunk, setting, model, seed, clean,
-                                 noisy[(setting, seed)], run, weights))
+                    run = work / "runs" / f"{tag}_{setting}_{model}_seed{seed}"
+                    key = job_key(cfg, "train", trunk, setting, model, seed, digest)
+                    jobs.append(Job(train_job, key, run, (cfg, trunk, setting, model, seed, clean,
+                                                          noisy[(setting, seed)], run, weights), trunk, tag, setting,
+                                    seed))
                 if trunk in cfg.crossfit_trunks and setting in crossfit and seed in narrow_seeds and "fused" in cfg.models:
                     for k in range(cfg.folds):
-                        run = work / "folds" / f"{trunk}_{setting}_seed{seed}_fold{k}"
-                        key = job_key(cfg, "fold", trunk, setting, seed, k, weights_digest(weights))
-                        jobs.append((fold_job, key, run, threads, cfg, trunk, setting, seed, k,
-                                     noisy[(setting, seed)], run, weights))
-    return jobs
+                        run = work / "folds" / f"{tag}_{setting}_seed{seed}_fold{k}"
+                        key = job_key(cfg, "fold", trunk, setting, seed, k, digest)
+                        jobs.append(Job(fold_job, key, run, (cfg, trunk, setting, seed, k, noisy[(setting, seed)],
+                                                             run, weights), trunk, tag, setting, seed, k))
+    first = set(cfg.settings[:2])
+
+    def order(j: Job) -> tuple[Any, ...]:
+        stage = (0 if j.fold is None else 1) if j.setting in first else 2
+        return (cfg.trunks.index(j.trunk), stage, cfg.settings.index(j.setting), j.fold is not None, j.seed)
+
+    return sorted(jobs, key=order)
 
 
-def collect_crossfit(cfg: Config, work: Path) -> dict[str, np.ndarray]:
+def store_row(job: Job, row: dict[str, Any], log: Path, arrays: Path) -> None:
+    """Keep a finished job: its arrays under `arrays` (float32 probabilities), then its row in the log."""
+    src = job.run / ("fold.npz" if job.fold is not None else "audit.npz")
+    if src.exists():
+        data = dict(np.load(src))
+        data = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in data.items()}
+        dest = arrays / job.array_name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest) as tmp, open(tmp, "wb") as fh:  # a file object: numpy would append .npz to a name
+            np.savez_compressed(fh, **data)
+        row = row | {"arrays": job.array_name}
+    append_rows(log, [row | {"tag": job.tag, "cpu": cpu_model()}])
+
+
+def collect_crossfit(cfg: Config, jobs: list[Job], done: dict[str, dict[str, Any]], arrays: Path) -> dict[str, np.ndarray]:
     """Out-of-fold probabilities per (trunk, setting, seed), where every fold has finished."""
+    groups: dict[str, list[Job]] = {}
+    for j in jobs:
+        if j.fold is not None:
+            groups.setdefault(f"{j.trunk}/{j.setting}/{j.seed}", []).append(j)
     out = {}
-    for trunk in cfg.crossfit_trunks:
-        for setting in cfg.crossfit_settings:
-            for seed in cfg.seeds:
-                parts = [work / "folds" / f"{trunk}_{setting}_seed{seed}_fold{k}" / "fold.npz" for k in range(cfg.folds)]
-                if not all(p.exists() for p in parts):
-                    continue
-                loaded = [np.load(p) for p in parts]
-                n = sum(len(d["rows"]) for d in loaded)
-                probs = np.zeros((n, loaded[0]["probs"].shape[1]))
-                for d in loaded:
-                    probs[d["rows"]] = d["probs"]
-                out[f"{trunk}/{setting}/{seed}"] = probs
+    for name, parts in groups.items():
+        if not all(j.key in done and "arrays" in done[j.key] for j in parts):
+            continue
+        loaded = [np.load(arrays / done[j.key]["arrays"]) for j in parts]
+        n = sum(len(d["rows"]) for d in loaded)
+        probs = np.zeros((n, loaded[0]["probs"].shape[1]))
+        for d in loaded:
+            probs[d["rows"]] = d["probs"]
+        out[name] = probs
     return out
+
+
+def cpu_model() -> str:
+    from fuse_export.cpuinfo import cpu_features
+
+    return cpu_features().summary()
 
 
 def main() -> None:
@@ -312,59 +384,65 @@ def main() -> None:
     ap.add_argument("--tuning", action="store_true", help="the tuning data set (other faces): choose defaults here")
     ap.add_argument("--quick", action="store_true", help="a smoke test of the whole pipeline (figures meaningless)")
     ap.add_argument("--pretrained", type=Path, default=DEFAULT_TRUNK, help="the identity-pretrained trunk")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "trunk_noise")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+                    help="the report, the log of finished jobs (NAME.jsonl) and their arrays (NAME/)")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "trunk_noise", help="data and run folders")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (single-threaded runs use 2 cores best)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-minutes", type=float, default=0, help="stop submitting new runs after this long (0: no)")
-    ap.add_argument("--report-only", action="store_true", help="only re-render the report from the cached runs")
-    ap.add_argument("--readme", type=Path, default=None, help="rewrite this README's results block from the JSON")
+    ap.add_argument("--max-minutes", type=float, default=60,
+                    help="stop submitting new runs after this long (0: no limit); a rerun continues")
+    ap.add_argument("--report-only", action="store_true", help="only re-render the report from the log")
     ap.add_argument("--cleanlab", type=Path, default=None, help="a JSON of benchmarks/cleanlab_compare.py to merge")
     args = ap.parse_args()
     cfg = Config(**(TUNING if args.tuning else QUICK if args.quick else {}))
     name = "trunk_noise_tuning" if args.tuning else "trunk_noise_quick" if args.quick else "trunk_noise"
     work = args.work / name
+    log, arrays = args.out / f"{name}.jsonl", args.out / name
     if "identity" in cfg.trunks and not args.pretrained.is_file():
         sys.exit(f"{args.pretrained}: no pretrained trunk; run benchmarks/pretrain_identity.py first")
     clean, noisy = make_data(cfg, work)
     narrow = not (args.tuning or args.quick)
     jobs = plan(cfg, work, clean, noisy, args.pretrained, args.threads, SCRATCH_SETTINGS if narrow else None,
                 CROSSFIT_SETTINGS if narrow else None, NARROW_SEEDS if narrow else None)
-    rows: list[dict[str, Any]] = []
+    done = {r["key"]: r for r in read_rows(log)}
     started = time.perf_counter()
     if not args.report_only:
-        # The pretrained trunk first (the issue's targets are measured there), its full runs before its fold runs.
-        pending = sorted(jobs, key=lambda j: (j[5] != "identity", j[0] is fold_job))
-        done = 0
+        pending = [j for j in jobs if j.key not in done]
+        print(f"{len(jobs) - len(pending)} of {len(jobs)} jobs already in {log}; running the rest "
+              f"(--max-minutes {args.max_minutes:g})", flush=True)
+        finished_count = len(jobs) - len(pending)
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            running = set()
+            running: dict[Any, Job] = {}
             while pending or running:
                 while pending and len(running) < args.jobs and not (
                         args.max_minutes and time.perf_counter() - started > 60 * args.max_minutes):
-                    fn, key, run, threads, *rest = pending.pop(0)
-                    running.add(pool.submit(run_cached, fn, key, run, threads, *rest))
+                    job = pending.pop(0)
+                    running[pool.submit(run_job, job.fn, job.key, job.run, args.threads, *job.args)] = job
                 if not running:
                     break
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
+                    job = running.pop(fut)
                     row = fut.result()
-                    done += 1
-                    what = f"{row['trunk']} {row['setting']} {row.get('model', 'fold ' + str(row.get('fold')))} " \
-                           f"seed {row['seed']}"
-                    extra = f" val {row['val_acc_final'][row['head']]:.3f}" if "val_acc_final" in row else ""
-                    print(f"[{done}/{len(jobs)} {time.perf_counter() - started:.0f}s] {what}{extra}", flush=True)
+                    store_row(job, row, log, arrays)
+                    done[job.key] = read_rows(log, job.key)[-1]
+                    finished_count += 1
+                    what = f"{job.tag} {job.setting} {row.get('model', f'fold {job.fold}')} seed {job.seed}"
+                    extra = f" test {row['test_acc']:.3f}" if "test_acc" in row else ""
+                    print(f"[{finished_count}/{len(jobs)} {time.perf_counter() - started:.0f}s] {what}{extra}",
+                          flush=True)
         if pending:
-            print(f"stopped after --max-minutes {args.max_minutes}: {len(pending)} runs not started; rerun to "
+            print(f"stopped after --max-minutes {args.max_minutes:g}: {len(pending)} jobs not started; rerun to "
                   "continue", flush=True)
-    for fn, key, run, *_ in jobs:
-        cache = run / "measured.json"
-        if fn is train_job and cache.exists() and json.loads(cache.read_text()).get("key") == key:
-            rows.append(json.loads(cache.read_text()) | {"audit_npz": str(run / "audit.npz")})
+    rows = [done[j.key] | {"audit_npz": str(arrays / done[j.key]["arrays"]) if "arrays" in done[j.key] else None}
+            for j in jobs if j.fold is None and j.key in done]
     cleanlab = json.loads(args.cleanlab.read_text()) if args.cleanlab else None
     command = " ".join(["python benchmarks/trunk_noise.py", *sys.argv[1:]])
-    write_report(args.out, name, cfg, rows, collect_crossfit(cfg, work), command,
+    write_report(args.out, name, cfg, rows, collect_crossfit(cfg, jobs, done, arrays), command,
                  time.perf_counter() - started, json.loads(args.pretrained.with_suffix(".json").read_text())
-                 if args.pretrained.with_suffix(".json").exists() else {}, cleanlab, args.readme)
+                 if args.pretrained.with_suffix(".json").exists() else {}, cleanlab,
+                 {"planned": len(jobs), "finished": sum(j.key in done for j in jobs), "log": str(log.relative_to(ROOT))
+                  if log.is_relative_to(ROOT) else str(log)})
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ TRUNK_TITLES = {"scratch": "from scratch", "identity": "identity-pretrained (sta
 # Two-sided 95% Student t quantiles by degrees of freedom (n - 1 seeds).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 README_START, README_END = "<!-- trunk-noise:start -->", "<!-- trunk-noise:end -->"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def mean_sd(values: list[float]) -> tuple[float, float, int]:
@@ -111,7 +112,8 @@ def audit_summary(rows: list[dict[str, Any]], crossfit: dict[str, np.ndarray], c
             d = r["audit_default"]
             metrics[f"audit-labels default ({d['method']})"] = {"p_at_k": d["precision_at_k"],
                                                                 "r_at_2k": d["recall_at_2k"]}
-        for name, m in ((cleanlab or {}).get("runs", {}).get(key, {})).items():
+        tagged = f"{r.get('tag', r['trunk'])}/{r['setting']}/{r['seed']}"  # cleanlab's key names the trunk file
+        for name, m in ((cleanlab or {}).get("runs", {}).get(tagged, {})).items():
             metrics[f"cleanlab {name}"] = m
         per_run[key] = metrics | {"_k": {"p_at_k": float(k), "r_at_2k": float(k)}}
     mean: dict[str, Any] = {}
@@ -146,16 +148,17 @@ def targets(acc: dict[str, Any], relabel: dict[str, Any], audit: dict[str, Any])
     cell = acc.get("identity/sym30", {})
     fd, fs = cell.get("fused-dcnn"), cell.get("fused-scn")
     if fd:
+        # The interval needs three seeds and a spread (paired()): two seeds that agree prove nothing.
         out.append(("30% symmetric: fused >= DCNN alone + 3 points, paired 95% interval above 0",
-                    _diff(fd), bool(fd["mean"] >= 3.0 and fd["ci95"][0] > 0)))
+                    f"{_diff(fd)}, {fd['n']} seeds", bool(fd["mean"] >= 3.0 and fd["excludes_zero"] and fd["ci95"][0] > 0)))
     if fs:
-        out.append(("30% symmetric: fused >= SCN alone", _diff(fs), bool(fs["mean"] >= 0)))
+        out.append(("30% symmetric: fused >= SCN alone", f"{_diff(fs)}, {fs['n']} seeds", bool(fs["mean"] >= 0)))
     for setting in ("sym20", "sym30"):
         r = relabel.get(f"identity/{setting}/scn")
         if r:
             rec, cc = r["recall"][0], r["clean_changed"][0]
             out.append((f"{setting[3:]}% symmetric: SCN relabeling restores >= 50% of flips, changes <= 5% of clean",
-                        f"restored {rec * 100:.1f}%, clean changed {cc * 100:.1f}% (SCN alone)",
+                        f"restored {rec * 100:.1f}%, clean changed {cc * 100:.1f}% (SCN alone, {r['recall'][2]} seeds)",
                         bool(rec >= 0.5 and cc <= 0.05)))
         s = audit.get("summary", {}).get(f"identity/{setting}", {})
         default = next((v for n, v in s.items() if n.startswith("audit-labels default")), None)
@@ -163,7 +166,8 @@ def targets(acc: dict[str, Any], relabel: dict[str, Any], audit: dict[str, Any])
             p = default["p_at_k"][0]
             cl = max((v["p_at_k"][0] for n, v in s.items() if n.startswith("cleanlab")), default=float("nan"))
             out.append((f"{setting[3:]}% symmetric: audit-labels precision at K >= 0.80 and >= cleanlab's",
-                        f"{p:.3f} (cleanlab best {cl:.3f}; recall at 2K {default['r_at_2k'][0]:.3f})",
+                        f"{p:.3f} (cleanlab best {cl:.3f}; recall at 2K {default['r_at_2k'][0]:.3f}; "
+                        f"{default['p_at_k'][2]} seeds)",
                         # Without a cleanlab figure the comparison was not made: not met, never assumed.
                         bool(p >= 0.8 and np.isfinite(cl) and p >= cl)))
     return out
@@ -173,7 +177,8 @@ def markdown(cfg: Any, acc: dict[str, Any], relabel: dict[str, Any], audit: dict
              png: str) -> str:
     lines = [f"# Label noise on two trunks ({info['name']})", "",
              f"Date {info['date']}; {info['machine']['cpu']} ({info['machine']['logical_cpus']} CPUs); wall "
-             f"{info['wall_seconds'] / 60:.1f} min (this invocation; cached runs are reused).", "",
+             f"{info['wall_seconds'] / 60:.1f} min (this invocation; finished jobs are read from the log).", "",
+             *_progress_lines(info.get("progress") or {}),
              f"Command: `{info['command']}`", "",
              f"Synthetic faces, {cfg.samples_per_class} per class (train/val/test {cfg.fractions}), "
              f"{cfg.image_size}x{cfg.image_size}, {cfg.epochs} epochs, batch {cfg.batch_size}, Adam {cfg.lr}, "
@@ -222,6 +227,16 @@ def markdown(cfg: Any, acc: dict[str, Any], relabel: dict[str, Any], audit: dict
     return "\n".join(lines)
 
 
+def _progress_lines(p: dict[str, Any]) -> list[str]:
+    if not p:
+        return []
+    lines = [f"Jobs finished: {p.get('finished', '?')} of {p.get('planned', '?')} planned (log `{p.get('log', '')}`; a "
+             "rerun continues with the rest). A table cell shows the seeds finished so far (n in the JSON)."]
+    if p.get("cpus"):
+        lines.append("Rows measured on: " + "; ".join(p["cpus"]) + ". Code digests: " + ", ".join(p["code"]) + ".")
+    return [" ".join(lines), ""]
+
+
 def plot(path: Path, cfg: Any, acc: dict[str, Any], audit: dict[str, Any]) -> None:
     import matplotlib
 
@@ -260,21 +275,26 @@ def plot(path: Path, cfg: Any, acc: dict[str, Any], audit: dict[str, Any]) -> No
 def readme_block(acc: dict[str, Any], relabel: dict[str, Any], audit: dict[str, Any], info: dict[str, Any]) -> str:
     """The README's results lines, generated (never hand-typed)."""
     lines = [README_START]
-    for trunk in ("scratch", "identity"):
+    for trunk in ("identity", "scratch"):
         c = acc.get(f"{trunk}/sym30", {})
-        if "fused" in c and "dcnn" in c:
-            lines.append(f"  - 30% symmetric label noise, {TRUNK_TITLES[trunk]}: fused {c['fused']['mean']:.1f}%, "
-                         f"DCNN alone {c['dcnn']['mean']:.1f}%, SCN alone {c.get('scn', {}).get('mean', float('nan')):.1f}%"
-                         f" (fused - DCNN {_diff(c.get('fused-dcnn'))}).")
+        parts = [f"{MODEL_TITLES[m]} {c[m]['mean']:.1f}% ({c[m]['n']} seeds)" for m in ("fused", "dcnn", "scn")
+                 if c.get(m, {}).get("n")]  # only what has finished: a chunked study fills its cells over sessions
+        if parts:
+            diff = f" (fused - DCNN {_diff(c['fused-dcnn'])})" if c.get("fused-dcnn") else ""
+            lines.append(f"  - 30% symmetric label noise, {TRUNK_TITLES[trunk]}: " + ", ".join(parts) + diff + ".")
     for setting in ("sym20", "sym30"):
         r = relabel.get(f"identity/{setting}/scn")
         s = audit.get("summary", {}).get(f"identity/{setting}", {})
         default = next(((n, v) for n, v in s.items() if n.startswith("audit-labels default")), None)
-        if r and default:
-            lines.append(f"  - {setting[3:]}% noise, pretrained trunk: SCN relabeling restored {100 * r['recall'][0]:.0f}%"
-                         f" of flipped labels and changed {100 * r['clean_changed'][0]:.1f}% of clean ones; "
-                         f"`audit-labels` ({default[0].split('(')[1].rstrip(')')}) found {100 * default[1]['p_at_k'][0]:.0f}%"
-                         " wrong labels in its top K.")
+        said = []
+        if r:
+            said.append(f"SCN relabeling restored {100 * r['recall'][0]:.0f}% of flipped labels and changed "
+                        f"{100 * r['clean_changed'][0]:.1f}% of clean ones ({r['recall'][2]} seeds)")
+        if default:
+            said.append(f"`audit-labels` ({default[0].split('(')[1].rstrip(')')}) found "
+                        f"{100 * default[1]['p_at_k'][0]:.0f}% wrong labels in its top K ({default[1]['p_at_k'][2]} seeds)")
+        if said:
+            lines.append(f"  - {setting[3:]}% noise, pretrained trunk: " + "; ".join(said) + ".")
     # No links: the same block stands in the README and in docs/ (benchmarks/report_blocks.py), whose relative
     # paths differ. The machine comes from the JSON, as the date and the command do.
     from report_blocks import machine_name
@@ -287,25 +307,27 @@ def readme_block(acc: dict[str, Any], relabel: dict[str, Any], audit: dict[str, 
 
 def write_report(out: Path, name: str, cfg: Any, rows: list[dict[str, Any]], crossfit: dict[str, np.ndarray],
                  command: str, seconds: float, pretrain: dict[str, Any], cleanlab: dict[str, Any] | None,
-                 readme: Path | None) -> None:
+                 progress: dict[str, Any] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     acc, relabel = accuracy_summary(rows, cfg), relabel_summary(rows, cfg)
     audit = audit_summary(rows, crossfit, cfg, cleanlab)
     info = {"name": name, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine_info(), "command": command, "wall_seconds": round(seconds, 1), "pretrain": pretrain}
+            "machine": machine_info(), "command": command, "wall_seconds": round(seconds, 1), "pretrain": pretrain,
+            # The log's rows may come from several sessions and machines: say which, and from what code.
+            "progress": (progress or {}) | {"cpus": sorted({r["cpu"] for r in rows if r.get("cpu")}),
+                                            "code": sorted({r["code"] for r in rows if r.get("code")})}}
     info["targets"] = targets(acc, relabel, audit)
     write_json(out / f"{name}.json", {"config": asdict(cfg), "info": info, "accuracy": acc, "relabel": relabel,
                                       "audit": audit, "runs": [{k: v for k, v in r.items() if k != "audit_npz"}
                                                                for r in rows]})
     plot(out / f"{name}.png", cfg, acc, audit)
+    text = markdown(cfg, acc, relabel, audit, info, f"{name}.png")
     with atomic_open(out / f"{name}.md", "w") as fh:
-        fh.write(markdown(cfg, acc, relabel, audit, info, f"{name}.png"))
-    if readme is not None:
-        from report_blocks import publish, replace_block
+        fh.write(text)
+    if name == "trunk_noise" and out.resolve() == RESULTS_DIR.resolve():
+        # The study's pages (RESULTS.md's report, the README's and docs' summary) follow its JSON at once.
+        from report_blocks import BLOCKS, publish
 
-        block = readme_block(acc, relabel, audit, info)
-        inner = block.removeprefix(README_START + "\n").removesuffix("\n" + README_END)
-        if not replace_block(readme, "trunk-noise", inner):
-            raise SystemExit(f"{readme}: no {README_START} ... {README_END} block to rewrite")
-        publish("trunk-noise", inner)  # the same block in every other page that quotes it (docs/)
+        for block in ("trunk-noise-report", "trunk-noise"):  # rendered from the files just written
+            publish(block, BLOCKS[block]())
     print(f"wrote {out / name}.{{json,md,png}}")

@@ -1,0 +1,83 @@
+"""benchmarks/trunk_noise.py's committed store: what a later session resumes from must come back exactly.
+
+The study keeps each finished job as a line of a JSONL log and its arrays in a folder beside it; a rerun skips
+every job whose key the log holds, and the cross-fitted probabilities are reassembled from the fold models'
+files. These tests write jobs' outputs the way the workers do and read them back through the study's own
+functions, against arrays built here independently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tn():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("trunk_noise", ROOT / "benchmarks" / "trunk_noise.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["trunk_noise"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _plan(tn, tmp_path: Path, trunk_bytes: bytes = b"trunk A"):
+    cfg = tn.Config(settings=("sym30", "sym20", "sym0"), seeds=(0, 1), crossfit_settings=("sym30", "sym20"),
+                    folds=2)
+    trunk = tmp_path / "trunk.pth"
+    trunk.write_bytes(trunk_bytes)
+    noisy = {(s, seed): tmp_path / f"{s}_{seed}.csv" for s in cfg.settings for seed in cfg.seeds}
+    return cfg, tn.plan(cfg, tmp_path / "work", tmp_path / "clean.csv", noisy, trunk, 1)
+
+
+def test_plan_runs_the_targets_first_and_keys_name_the_trunk_file(tn, tmp_path: Path) -> None:
+    cfg, jobs = _plan(tn, tmp_path)
+    kinds = [(j.trunk, j.setting, "fold" if j.fold is not None else "train") for j in jobs]
+    # The pretrained trunk's 30% and 20% full runs, then their cross-fits, then the rest; from scratch last.
+    first_fold = kinds.index(("identity", "sym30", "fold"))
+    assert set(kinds[:first_fold]) == {("identity", "sym30", "train"), ("identity", "sym20", "train")}
+    assert kinds[:first_fold].index(("identity", "sym20", "train")) == 2 * len(cfg.models)  # all of sym30 first
+    assert kinds.index(("identity", "sym0", "train")) > max(i for i, k in enumerate(kinds) if k[2] == "fold")
+    assert all(k[0] == "scratch" for k in kinds[kinds.index(("scratch", "sym30", "train")):])
+    assert len({j.key for j in jobs}) == len(jobs)
+    # Same trunk file -> same keys (a rerun resumes); another file -> other keys and other array names.
+    _, again = _plan(tn, tmp_path)
+    _, other = _plan(tn, tmp_path, b"trunk B")
+    assert [j.key for j in again] == [j.key for j in jobs]
+    ident = [(a, b) for a, b in zip(jobs, other) if a.trunk == "identity"]
+    assert all(a.key != b.key and a.array_name != b.array_name for a, b in ident)
+    assert all(a.key == b.key for a, b in zip(jobs, other) if a.trunk == "scratch")
+
+
+def test_store_and_crossfit_round_trip(tn, tmp_path: Path) -> None:
+    cfg, jobs = _plan(tn, tmp_path)
+    folds = [j for j in jobs if j.fold is not None and j.setting == "sym30" and j.seed == 0]
+    assert len(folds) == 2
+    rng = np.random.default_rng(0)
+    n, classes = 11, 7
+    assignment = rng.integers(0, 2, n)
+    truth = rng.dirichlet(np.ones(classes), n)  # the out-of-fold probabilities, built here
+    log, arrays = tmp_path / "study.jsonl", tmp_path / "study"
+    for job in folds:
+        job.run.mkdir(parents=True)
+        rows = np.flatnonzero(assignment == job.fold)
+        np.savez_compressed(job.run / "fold.npz", rows=rows, probs=truth[rows])  # as fold_job writes it
+        tn.store_row(job, {"trunk": job.trunk, "setting": job.setting, "seed": job.seed, "fold": job.fold,
+                           "key": job.key}, log, arrays)
+    done = {r["key"]: r for r in tn.read_rows(log)}
+    assert set(done) == {j.key for j in folds}
+    assert all((arrays / r["arrays"]).is_file() and r["tag"].startswith("identity-") for r in done.values())
+    got = tn.collect_crossfit(cfg, jobs, done, arrays)
+    assert list(got) == ["identity/sym30/0"]  # the other groups have no finished folds: left out, not zero-filled
+    np.testing.assert_allclose(got["identity/sym30/0"], truth, rtol=1e-6)  # stored as float32
+    # A torn last line (the study killed mid-write) is skipped; the finished rows still count.
+    with open(log, "a") as fh:
+        fh.write('{"key": "torn", "tri')
+    assert {r["key"] for r in tn.read_rows(log)} == set(done)
