@@ -15,7 +15,7 @@ from fuse_export.compare.report import machine_info
 from fuse_export.fileio import atomic_open, atomic_path, write_json
 
 MODEL_TITLES = {"dcnn": "DCNN alone", "scn": "SCN alone", "fused": "fused"}
-TRUNK_TITLES = {"scratch": "from scratch", "identity": "identity-pretrained (stand-in for MS-Celeb-1M)"}
+TRUNK_TITLES = {"scratch": "from scratch", "identity": "identity-pretrained trunk (a stand-in for MS-Celeb-1M)"}
 # Two-sided 95% Student t quantiles by degrees of freedom (n - 1 seeds).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 README_START, README_END = "<!-- trunk-noise:start -->", "<!-- trunk-noise:end -->"
@@ -53,6 +53,15 @@ def accuracy_summary(rows: list[dict[str, Any]], cfg: Any) -> dict[str, Any]:
                 seeds = [s for s in cfg.seeds if (a, s) in acc and (b, s) in acc]
                 if seeds:
                     cell[f"{a}-{b}"] = paired([acc[(a, s)] - acc[(b, s)] for s in seeds])
+            # Seeds beyond the design's (run after its seeds were seen): reported apart, never mixed into the above.
+            extra = sorted({s for _, s in acc} - set(cfg.seeds))
+            if extra:
+                every = sorted({s for _, s in acc})
+                cell["all_seeds"] = {"seeds": every, "added": extra} | {
+                    f"{a}-{b}": paired([acc[(a, s)] - acc[(b, s)] for s in every if (a, s) in acc and (b, s) in acc])
+                    for a, b in (("fused", "dcnn"), ("fused", "scn"))} | {
+                    m: dict(zip(("mean", "sd", "n"), mean_sd([acc[(m, s)] for s in every if (m, s) in acc])))
+                    for m in cfg.models}
             out[f"{trunk}/{setting}"] = cell
     return out
 
@@ -153,6 +162,11 @@ def targets(acc: dict[str, Any], relabel: dict[str, Any], audit: dict[str, Any])
                     f"{_diff(fd)}, {fd['n']} seeds", bool(fd["mean"] >= 3.0 and fd["excludes_zero"] and fd["ci95"][0] > 0)))
     if fs:
         out.append(("30% symmetric: fused >= SCN alone", f"{_diff(fs)}, {fs['n']} seeds", bool(fs["mean"] >= 0)))
+    more = cell.get("all_seeds")
+    if more and more["fused-dcnn"]["n"] > (fd or {}).get("n", 0):
+        d = more["fused-dcnn"]
+        out.append((f"the same with {d['n']} seeds ({len(more['added'])} added after the first were seen)",
+                    f"{_diff(d)}", bool(d["mean"] >= 3.0 and d["excludes_zero"] and d["ci95"][0] > 0)))
     for setting in ("sym20", "sym30"):
         r = relabel.get(f"identity/{setting}/scn")
         if r:
@@ -203,6 +217,14 @@ def markdown(cfg: Any, acc: dict[str, Any], relabel: dict[str, Any], audit: dict
             lines.append(f"| {setting} | " + " | ".join(cells) + f" | {_diff(c.get('fused-dcnn'))} | "
                          f"{_diff(c.get('fused-scn'))} |")
         lines.append("")
+        for setting in cfg.settings:
+            a = acc.get(f"{trunk}/{setting}", {}).get("all_seeds")
+            if a:
+                lines += [f"{setting} with seeds {a['seeds']} ({a['added']} added after the design's seeds were seen, "
+                          f"so apart from the table): " + ", ".join(
+                              f"{MODEL_TITLES[m]} {_f((a[m]['mean'], a[m]['sd'], a[m]['n']), 1.0)}" for m in cfg.models
+                              if a[m]["n"]) + f"; fused - DCNN {_diff(a['fused-dcnn'])}; fused - SCN "
+                          f"{_diff(a['fused-scn'])}.", ""]
     lines += ["## Relabeling against the truth (training samples stage 1 saw)", "",
               "| trunk | noise | model | restored % | precision % | clean changed % | alpha AUC |",
               "|---|---|---|---:|---:|---:|---:|"]
@@ -277,22 +299,28 @@ def readme_block(acc: dict[str, Any], relabel: dict[str, Any], audit: dict[str, 
     lines = [README_START]
     for trunk in ("identity", "scratch"):
         c = acc.get(f"{trunk}/sym30", {})
-        parts = [f"{MODEL_TITLES[m]} {c[m]['mean']:.1f}% ({c[m]['n']} seeds)" for m in ("fused", "dcnn", "scn")
-                 if c.get(m, {}).get("n")]  # only what has finished: a chunked study fills its cells over sessions
-        if parts:
-            diff = f" (fused - DCNN {_diff(c['fused-dcnn'])})" if c.get("fused-dcnn") else ""
-            lines.append(f"  - 30% symmetric label noise, {TRUNK_TITLES[trunk]}: " + ", ".join(parts) + diff + ".")
+        done = [m for m in ("fused", "dcnn", "scn") if c.get(m, {}).get("n")]  # a chunked study fills cells over sessions
+        if done:
+            ns = {c[m]["n"] for m in done}
+            one = len(ns) == 1  # the seed count once when every model has the same
+            parts = [f"{MODEL_TITLES[m]} {c[m]['mean']:.1f}%" + ("" if one else f" ({c[m]['n']} seeds)") for m in done]
+            diff = f"; fused - DCNN {_diff(c['fused-dcnn'])}" if c.get("fused-dcnn") else ""
+            if c.get("all_seeds"):
+                a = c["all_seeds"]["fused-dcnn"]
+                diff += f"; {a['n']} seeds ({len(c['all_seeds']['added'])} added later) {_diff(a)}"
+            lines.append(f"  - 30% symmetric noise, {TRUNK_TITLES[trunk]}" + (f", {ns.pop()} seeds" if one else "")
+                         + ": " + ", ".join(parts) + diff + ".")
     for setting in ("sym20", "sym30"):
         r = relabel.get(f"identity/{setting}/scn")
         s = audit.get("summary", {}).get(f"identity/{setting}", {})
         default = next(((n, v) for n, v in s.items() if n.startswith("audit-labels default")), None)
         said = []
         if r:
-            said.append(f"SCN relabeling restored {100 * r['recall'][0]:.0f}% of flipped labels and changed "
+            said.append(f"SCN relabeling restored {100 * r['recall'][0]:.1f}% of flipped labels, changed "
                         f"{100 * r['clean_changed'][0]:.1f}% of clean ones ({r['recall'][2]} seeds)")
         if default:
-            said.append(f"`audit-labels` ({default[0].split('(')[1].rstrip(')')}) found "
-                        f"{100 * default[1]['p_at_k'][0]:.0f}% wrong labels in its top K ({default[1]['p_at_k'][2]} seeds)")
+            said.append(f"`audit-labels` ({default[0].split('(')[1].rstrip(')')}): precision at K "
+                        f"{default[1]['p_at_k'][0]:.3f} ({default[1]['p_at_k'][2]} seeds)")
         if said:
             lines.append(f"  - {setting[3:]}% noise, pretrained trunk: " + "; ".join(said) + ".")
     # No links: the same block stands in the README and in docs/ (benchmarks/report_blocks.py), whose relative
@@ -309,8 +337,9 @@ def write_report(out: Path, name: str, cfg: Any, rows: list[dict[str, Any]], cro
                  command: str, seconds: float, pretrain: dict[str, Any], cleanlab: dict[str, Any] | None,
                  progress: dict[str, Any] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    acc, relabel = accuracy_summary(rows, cfg), relabel_summary(rows, cfg)
-    audit = audit_summary(rows, crossfit, cfg, cleanlab)
+    design = [r for r in rows if r["seed"] in cfg.seeds]  # added seeds only enter accuracy's separate line
+    acc, relabel = accuracy_summary(rows, cfg), relabel_summary(design, cfg)
+    audit = audit_summary(design, crossfit, cfg, cleanlab)
     info = {"name": name, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine_info(), "command": command, "wall_seconds": round(seconds, 1), "pretrain": pretrain,
             # The log's rows may come from several sessions and machines: say which, and from what code.

@@ -33,7 +33,7 @@ def _plan(tn, tmp_path: Path, trunk_bytes: bytes = b"trunk A"):
                     folds=2)
     trunk = tmp_path / "trunk.pth"
     trunk.write_bytes(trunk_bytes)
-    noisy = {(s, seed): tmp_path / f"{s}_{seed}.csv" for s in cfg.settings for seed in cfg.seeds}
+    noisy = {(s, seed): tmp_path / f"{s}_{seed}.csv" for s in cfg.settings for seed in cfg.seeds + cfg.extra_seeds}
     return cfg, tn.plan(cfg, tmp_path / "work", tmp_path / "clean.csv", noisy, trunk, 1)
 
 
@@ -45,15 +45,25 @@ def test_plan_runs_the_targets_first_and_keys_name_the_trunk_file(tn, tmp_path: 
     assert set(kinds[:first_fold]) == {("identity", "sym30", "train"), ("identity", "sym20", "train")}
     assert kinds[:first_fold].index(("identity", "sym20", "train")) == 2 * len(cfg.models)  # all of sym30 first
     assert kinds.index(("identity", "sym0", "train")) > max(i for i, k in enumerate(kinds) if k[2] == "fold")
+    # Seeds added to the 30% cell run after the design's runs, before the cross-fits, and are never cross-fitted.
+    added = [i for i, j in enumerate(jobs) if j.seed in cfg.extra_seeds]
+    assert added and all(jobs[i].setting == "sym30" and jobs[i].trunk == "identity" and jobs[i].fold is None
+                         for i in added)
+    assert max(added) < first_fold and min(added) > kinds.index(("identity", "sym20", "train"))
     assert all(k[0] == "scratch" for k in kinds[kinds.index(("scratch", "sym30", "train")):])
     assert len({j.key for j in jobs}) == len(jobs)
-    # Same trunk file -> same keys (a rerun resumes); another file -> other keys and other array names.
+    # Same trunk file -> same keys (a rerun resumes); another file -> other keys and other array names; which seeds
+    # are added changes no key.
     _, again = _plan(tn, tmp_path)
     _, other = _plan(tn, tmp_path, b"trunk B")
     assert [j.key for j in again] == [j.key for j in jobs]
     ident = [(a, b) for a, b in zip(jobs, other) if a.trunk == "identity"]
     assert all(a.key != b.key and a.array_name != b.array_name for a, b in ident)
     assert all(a.key == b.key for a, b in zip(jobs, other) if a.trunk == "scratch")
+    (tmp_path / "trunk.pth").write_bytes(b"trunk A")
+    fewer = tn.plan(tn.Config(**{**cfg.__dict__, "extra_seeds": ()}), tmp_path / "work", tmp_path / "clean.csv",
+                    {(s, seed): tmp_path / "x.csv" for s in cfg.settings for seed in cfg.seeds}, tmp_path / "trunk.pth", 1)
+    assert {j.key for j in fewer} == {j.key for j in jobs if j.seed in cfg.seeds}
 
 
 def test_store_and_crossfit_round_trip(tn, tmp_path: Path) -> None:
