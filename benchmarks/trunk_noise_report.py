@@ -160,13 +160,13 @@ def targets(acc: dict[str, Any], relabel: dict[str, Any], audit: dict[str, Any])
         # The interval needs three seeds and a spread (paired()): two seeds that agree prove nothing.
         out.append(("30% symmetric: fused >= DCNN alone + 3 points, paired 95% interval above 0",
                     f"{_diff(fd)}, {fd['n']} seeds", bool(fd["mean"] >= 3.0 and fd["excludes_zero"] and fd["ci95"][0] > 0)))
-    if fs:
-        out.append(("30% symmetric: fused >= SCN alone", f"{_diff(fs)}, {fs['n']} seeds", bool(fs["mean"] >= 0)))
     more = cell.get("all_seeds")
     if more and more["fused-dcnn"]["n"] > (fd or {}).get("n", 0):
         d = more["fused-dcnn"]
-        out.append((f"the same with {d['n']} seeds ({len(more['added'])} added after the first were seen)",
+        out.append((f"fused >= DCNN alone + 3, interval above 0, with {d['n']} seeds ({len(more['added'])} added after the first were seen)",
                     f"{_diff(d)}", bool(d["mean"] >= 3.0 and d["excludes_zero"] and d["ci95"][0] > 0)))
+    if fs:
+        out.append(("30% symmetric: fused >= SCN alone", f"{_diff(fs)}, {fs['n']} seeds", bool(fs["mean"] >= 0)))
     for setting in ("sym20", "sym30"):
         r = relabel.get(f"identity/{setting}/scn")
         if r:
