@@ -25,20 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_log import read_rows  # noqa: E402  (standard library only, like this script)
+
 
 def metrics(order: np.ndarray, wrong: np.ndarray) -> dict[str, float]:
     k = int(wrong.sum())
     return {"p_at_k": float(wrong[order[:k]].mean()), "r_at_2k": float(wrong[order[:2 * k]].sum() / k)}
-
-
-def read_log(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line of a killed study
-            continue
-    return rows
 
 
 def crossfit(rows: list[dict], arrays: Path, tag: str, setting: str, seed: int, folds: int) -> np.ndarray | None:
@@ -82,7 +75,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=4, help="the study's cross-fit folds")
     args = ap.parse_args()
     arrays = args.log.with_suffix("")
-    rows = read_log(args.log)
+    rows = read_rows(args.log)
     runs = {}
     for r in rows:
         if r.get("model") != "fused" or not r.get("arrays"):
