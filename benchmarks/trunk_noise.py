@@ -92,6 +92,13 @@ class Job:
     setting: str
     seed: int
     fold: int | None = None  # a cross-fit fold model; None: a full run
+    digest: str = ""  # the trunk file's digest ("" from scratch)
+
+    @property
+    def unit(self) -> tuple[Any, ...]:
+        """The jobs that must share one trunk file: a setting and seed's full runs (the paired models), or its
+        fold models (one cross-fit)."""
+        return self.trunk, self.setting, self.seed, self.fold is None
 
     @property
     def array_name(self) -> str:
@@ -104,17 +111,18 @@ class Job:
 def plan(cfg: Config, work: Path, clean: Path, noisy: dict[tuple[str, int], Path], pretrained: Path,
          threads: int, scratch: tuple[str, ...] | None = None,
          crossfit: tuple[str, ...] | None = None,
-         narrow_seeds: tuple[int, ...] | None = None) -> list[Job]:
+         narrow_seeds: tuple[int, ...] | None = None, digests: dict[str, str] | None = None) -> list[Job]:
     """Every job, in the order they run: the pretrained trunk first; its first two settings' full runs (the
     issue's targets), the added seeds, the first two settings' cross-fits, then the other settings; `scratch` /
-    `crossfit` narrow the settings run from scratch / cross-fitted, `narrow_seeds` their seeds (CPU time)."""
+    `crossfit` narrow the settings run from scratch / cross-fitted, `narrow_seeds` their seeds (CPU time);
+    `digests` names another file of a trunk by its digest (the keys of jobs an earlier trunk file ran)."""
     scratch = cfg.settings if scratch is None else scratch
     crossfit = cfg.crossfit_settings if crossfit is None else crossfit
     narrow_seeds = cfg.seeds if narrow_seeds is None else narrow_seeds
     jobs = []
     for trunk in cfg.trunks:
         weights = trunk_weights(trunk, pretrained)
-        digest = weights_digest(weights)
+        digest = (digests or {}).get(trunk) or weights_digest(weights)
         tag = trunk_tag(trunk, digest)
         for setting in cfg.settings:
             if trunk == "scratch" and setting not in scratch:
@@ -128,14 +136,14 @@ def plan(cfg: Config, work: Path, clean: Path, noisy: dict[tuple[str, int], Path
                     key = job_key(cfg, "train", trunk, setting, model, seed, digest)
                     jobs.append(Job(train_job, key, run, (cfg, trunk, setting, model, seed, clean,
                                                           noisy[(setting, seed)], run, weights), trunk, tag, setting,
-                                    seed))
+                                    seed, None, digest))
                 if (trunk in cfg.crossfit_trunks and setting in crossfit and seed in narrow_seeds and seed in cfg.seeds
                         and "fused" in cfg.models):
                     for k in range(cfg.folds):
                         run = work / "folds" / f"{tag}_{setting}_seed{seed}_fold{k}"
                         key = job_key(cfg, "fold", trunk, setting, seed, k, digest)
                         jobs.append(Job(fold_job, key, run, (cfg, trunk, setting, seed, k, noisy[(setting, seed)],
-                                                             run, weights), trunk, tag, setting, seed, k))
+                                                             run, weights), trunk, tag, setting, seed, k, digest))
     first = set(cfg.settings[:2])
 
     def order(j: Job) -> tuple[Any, ...]:
@@ -144,6 +152,56 @@ def plan(cfg: Config, work: Path, clean: Path, noisy: dict[tuple[str, int], Path
         return (cfg.trunks.index(j.trunk), stage, cfg.settings.index(j.setting), j.fold is not None, j.seed)
 
     return sorted(jobs, key=order)
+
+
+def logged_digests(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Every trunk file the log's rows were made with, per trunk, oldest first."""
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("trunk_digest") and r["trunk_digest"] not in out.setdefault(r["trunk"], []):
+            out[r["trunk"]].append(r["trunk_digest"])
+    return out
+
+
+def choose(current: list[Job], earlier: list[list[Job]], done: dict[str, dict[str, Any]]) -> list[Job]:
+    """Per unit (Job.unit), the jobs of the current trunk file, unless the unit is unfinished there and complete
+    under an earlier file of the same recipe (plan() with `digests`, job for job), whose rows are then reused.
+
+    The identity pretraining is not bit-reproducible across CPU models (a Xeon's and an EPYC's trunks differ from
+    the first epoch), so a session on another machine gets another file; a unit's jobs always share one file, so
+    the paired differences are never formed across trunks."""
+    units: dict[tuple[Any, ...], list[int]] = {}
+    for i, job in enumerate(current):
+        units.setdefault(job.unit, []).append(i)
+    chosen = list(current)
+    for idx in units.values():
+        if all(current[i].key in done for i in idx):
+            continue
+        for alt in earlier:
+            if all(alt[i].key in done for i in idx):
+                for i in idx:
+                    chosen[i] = alt[i]
+                break
+    return chosen
+
+
+def store_trunk_info(job: Job, arrays: Path, pretrained: Path) -> None:
+    """Keep what the trunk file a job ran on was (its pretraining record) beside the arrays, once per file."""
+    dest = arrays / "trunks" / f"{job.tag}.json"
+    meta = pretrained.with_suffix(".json")
+    if not job.digest or dest.exists() or not meta.exists():
+        return
+    info = json.loads(meta.read_text()) | {"sha256_16": job.digest, "cpu": cpu_model()}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(info, indent=1) + "\n")
+
+
+def trunk_infos(rows: list[dict[str, Any]], arrays: Path) -> dict[str, dict[str, Any]]:
+    """The pretraining record of each trunk file the reported rows ran on, by tag."""
+    tags = sorted({r["tag"] for r in rows if r.get("trunk_digest")})
+    return {t: json.loads((arrays / "trunks" / f"{t}.json").read_text()) for t in tags
+            if (arrays / "trunks" / f"{t}.json").exists()}
 
 
 def store_row(job: Job, row: dict[str, Any], log: Path, arrays: Path) -> None:
@@ -157,7 +215,7 @@ def store_row(job: Job, row: dict[str, Any], log: Path, arrays: Path) -> None:
         with atomic_path(dest) as tmp, open(tmp, "wb") as fh:  # a file object: numpy would append .npz to a name
             np.savez_compressed(fh, **data)
         row = row | {"arrays": job.array_name}
-    append_rows(log, [row | {"tag": job.tag, "cpu": cpu_model()}])
+    append_rows(log, [row | {"tag": job.tag, "trunk_digest": job.digest, "cpu": cpu_model()}])
 
 
 def collect_crossfit(cfg: Config, jobs: list[Job], done: dict[str, dict[str, Any]], arrays: Path) -> dict[str, np.ndarray]:
@@ -208,21 +266,32 @@ def main() -> None:
         sys.exit(f"{args.pretrained}: no pretrained trunk; run benchmarks/pretrain_identity.py first")
     clean, noisy = make_data(cfg, work)
     narrow = not (args.tuning or args.quick)
-    jobs = plan(cfg, work, clean, noisy, args.pretrained, args.threads, SCRATCH_SETTINGS if narrow else None,
-                CROSSFIT_SETTINGS if narrow else None, NARROW_SEEDS if narrow else None)
+    narrowing = (SCRATCH_SETTINGS, CROSSFIT_SETTINGS, NARROW_SEEDS) if narrow else (None, None, None)
+    current = plan(cfg, work, clean, noisy, args.pretrained, args.threads, *narrowing)
     done = {r["key"]: r for r in read_rows(log)}
+    now = {j.trunk: j.digest for j in current}
+    earlier = [plan(cfg, work, clean, noisy, args.pretrained, args.threads, *narrowing, digests={trunk: d})
+               for trunk, ds in logged_digests(list(done.values())).items() for d in ds if d != now.get(trunk)]
+    jobs = choose(current, earlier, done)
     started = time.perf_counter()
     if not args.report_only:
         pending = [j for j in jobs if j.key not in done]
         print(f"{len(jobs) - len(pending)} of {len(jobs)} jobs already in {log}; running the rest "
-              f"(--max-minutes {args.max_minutes:g})", flush=True)
+              f"(--max-minutes {args.max_minutes:g}; trunk files {now})", flush=True)
         finished_count = len(jobs) - len(pending)
+        begun = {j.unit for j in jobs if j.key in done}
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             running: dict[Any, Job] = {}
             while pending or running:
-                while pending and len(running) < args.jobs and not (
-                        args.max_minutes and time.perf_counter() - started > 60 * args.max_minutes):
-                    job = pending.pop(0)
+                while len(running) < args.jobs:
+                    # Past --max-minutes only the units already begun are finished: a unit's jobs share a trunk
+                    # file, and the next session's machine may pretrain another.
+                    over = bool(args.max_minutes) and time.perf_counter() - started > 60 * args.max_minutes
+                    job = next((j for j in pending if not over or j.unit in begun), None)
+                    if job is None:
+                        break
+                    pending.remove(job)
+                    begun.add(job.unit)
                     running[pool.submit(run_job, job.fn, job.key, job.run, args.threads, *job.args)] = job
                 if not running:
                     break
@@ -231,6 +300,7 @@ def main() -> None:
                     job = running.pop(fut)
                     row = fut.result()
                     store_row(job, row, log, arrays)
+                    store_trunk_info(job, arrays, args.pretrained)
                     done[job.key] = read_rows(log, job.key)[-1]
                     finished_count += 1
                     what = f"{job.tag} {job.setting} {row.get('model', f'fold {job.fold}')} seed {job.seed}"
@@ -245,8 +315,7 @@ def main() -> None:
     cleanlab = json.loads(args.cleanlab.read_text()) if args.cleanlab else None
     command = " ".join(["python benchmarks/trunk_noise.py", *sys.argv[1:]])
     write_report(args.out, name, cfg, rows, collect_crossfit(cfg, jobs, done, arrays), command,
-                 time.perf_counter() - started, json.loads(args.pretrained.with_suffix(".json").read_text())
-                 if args.pretrained.with_suffix(".json").exists() else {}, cleanlab,
+                 time.perf_counter() - started, trunk_infos(rows, arrays), cleanlab,
                  {"planned": len(jobs), "finished": sum(j.key in done for j in jobs), "log": str(log.relative_to(ROOT))
                   if log.is_relative_to(ROOT) else str(log)})
 

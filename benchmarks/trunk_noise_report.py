@@ -201,12 +201,17 @@ def markdown(cfg: Any, acc: dict[str, Any], relabel: dict[str, Any], audit: dict
              f"training seed). Test accuracy of the final epoch on clean labels, mean ± sd over seeds. Paired: "
              "per-seed differences in points, mean [95% t interval] (per seed); * = the interval excludes 0, "
              "the difference exceeds the seed spread.", ""]
-    if info.get("pretrain"):
-        p = info["pretrain"]
-        lines += [f"Pretrained trunk: {p.get('what', '')}: {p.get('identities')} identities, "
-                  f"{p.get('train_images')} images, {p.get('epochs')} epochs at {p.get('image_size')} px, held-out "
-                  f"identity accuracy {100 * p.get('heldout_identity_accuracy', float('nan')):.1f}% (chance "
+    for tag, p in (info.get("trunks") or {}).items():
+        lines += [f"Pretrained trunk file {tag} (sha256 {p.get('sha256_16', '?')}..., made on {p.get('cpu', '?')}; "
+                  f"its cells: {', '.join(info.get('trunk_cells', {}).get(tag, [])) or '-'}): {p.get('what', '')}: "
+                  f"{p.get('identities')} identities, {p.get('train_images')} images, {p.get('epochs')} epochs at "
+                  f"{p.get('image_size')} px, held-out identity accuracy "
+                  f"{100 * p.get('heldout_identity_accuracy', float('nan')):.1f}% (chance "
                   f"{100 * p.get('chance', float('nan')):.2f}%); `{p.get('command', '')}`.", ""]
+    if len(info.get("trunks") or {}) > 1:
+        lines += ["The same pretraining recipe gives another file on another CPU model (floating-point sums differ "
+                  "from the first epoch), so each machine's file is kept and named; a setting and seed's paired "
+                  "models always share one file (cross-fits are their own unit).", ""]
     for trunk in cfg.trunks:
         lines += [f"## Accuracy, {TRUNK_TITLES.get(trunk, trunk)}", "",
                   "| noise | " + " | ".join(MODEL_TITLES[m] for m in cfg.models) + " | fused - DCNN | fused - SCN |",
@@ -247,6 +252,15 @@ def markdown(cfg: Any, acc: dict[str, Any], relabel: dict[str, Any], audit: dict
         lines.append(f"| {target} | {measured} | {'yes' if met else 'NO' if met is not None else '-'} |")
     lines += ["", f"![accuracy vs noise]({png})", ""]
     return "\n".join(lines)
+
+
+def _trunk_cells(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Which settings and seeds each trunk file ran (full runs), e.g. {"identity-8b9df143": ["sym30 seeds 0,1,2", ...]}."""
+    seeds: dict[str, dict[str, set[int]]] = {}
+    for r in rows:
+        if r.get("trunk_digest"):
+            seeds.setdefault(r["tag"], {}).setdefault(r["setting"], set()).add(r["seed"])
+    return {tag: [f"{s} seeds {','.join(map(str, sorted(v)))}" for s, v in by.items()] for tag, by in seeds.items()}
 
 
 def _progress_lines(p: dict[str, Any]) -> list[str]:
@@ -334,14 +348,15 @@ def readme_block(acc: dict[str, Any], relabel: dict[str, Any], audit: dict[str, 
 
 
 def write_report(out: Path, name: str, cfg: Any, rows: list[dict[str, Any]], crossfit: dict[str, np.ndarray],
-                 command: str, seconds: float, pretrain: dict[str, Any], cleanlab: dict[str, Any] | None,
+                 command: str, seconds: float, trunks: dict[str, dict[str, Any]], cleanlab: dict[str, Any] | None,
                  progress: dict[str, Any] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     design = [r for r in rows if r["seed"] in cfg.seeds]  # added seeds only enter accuracy's separate line
     acc, relabel = accuracy_summary(rows, cfg), relabel_summary(design, cfg)
     audit = audit_summary(design, crossfit, cfg, cleanlab)
     info = {"name": name, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine_info(), "command": command, "wall_seconds": round(seconds, 1), "pretrain": pretrain,
+            "machine": machine_info(), "command": command, "wall_seconds": round(seconds, 1), "trunks": trunks,
+            "trunk_cells": _trunk_cells(rows),
             # The log's rows may come from several sessions and machines: say which, and from what code.
             "progress": (progress or {}) | {"cpus": sorted({r["cpu"] for r in rows if r.get("cpu")}),
                                             "code": sorted({r["code"] for r in rows if r.get("code")})}}
