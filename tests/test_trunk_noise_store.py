@@ -91,3 +91,37 @@ def test_store_and_crossfit_round_trip(tn, tmp_path: Path) -> None:
     with open(log, "a") as fh:
         fh.write('{"key": "torn", "tri')
     assert {r["key"] for r in tn.read_rows(log)} == set(done)
+
+
+def test_a_unit_finished_on_an_earlier_trunk_file_is_reused_whole(tn, tmp_path: Path) -> None:
+    """Another machine pretrains another trunk file: units (a setting and seed's paired runs, or its folds) the
+    log finished under the earlier file are reused; a unit the earlier file only began runs again, all of it, on
+    the current file, so no paired difference is ever formed across two files."""
+    cfg, earlier_a = _plan(tn, tmp_path, b"trunk A")
+    digest_a = earlier_a[0].digest
+    _, current = _plan(tn, tmp_path, b"trunk B")
+    assert digest_a and current[0].digest and current[0].digest != digest_a
+    # The same plan, named by the earlier file's digest without that file (plan(digests=...)): job for job.
+    noisy = {(s, seed): tmp_path / f"{s}_{seed}.csv" for s in cfg.settings for seed in cfg.seeds + cfg.extra_seeds}
+    replay = tn.plan(cfg, tmp_path / "work", tmp_path / "clean.csv", noisy, tmp_path / "trunk.pth", 1,
+                     digests={"identity": digest_a})
+    assert [j.key for j in replay] == [j.key for j in earlier_a]
+    full = [j for j in earlier_a if j.trunk == "identity" and j.setting == "sym30" and j.seed == 0 and j.fold is None]
+    begun = [j for j in earlier_a if j.trunk == "identity" and j.setting == "sym20" and j.seed == 0
+             and j.fold is None][:1]
+    rows = [{"key": j.key, "trunk": j.trunk, "trunk_digest": j.digest} for j in full + begun]
+    done = {r["key"]: r for r in rows}
+    assert tn.logged_digests(rows) == {"identity": [digest_a]}
+    chosen = tn.choose(current, [replay], done)
+    by_unit = {}
+    for j in chosen:
+        by_unit.setdefault(j.unit, set()).add(j.digest)
+    assert all(len(d) == 1 for d in by_unit.values())  # one trunk file per unit
+    assert by_unit[("identity", "sym30", 0, True)] == {digest_a}
+    assert by_unit[("identity", "sym20", 0, True)] == {current[0].digest}  # begun under A, not finished: rerun
+    assert by_unit[("identity", "sym30", 0, False)] == {current[0].digest}  # its folds are their own unit
+    assert [j.key for j in chosen if j.trunk == "scratch"] == [j.key for j in current if j.trunk == "scratch"]
+    # Once the current file has finished a unit too, its own rows are the ones reported.
+    done |= {j.key: {"key": j.key} for j in current if j.unit == ("identity", "sym30", 0, True)}
+    assert {j.digest for j in tn.choose(current, [replay], done) if j.unit == ("identity", "sym30", 0, True)} == {
+        current[0].digest}
