@@ -34,18 +34,26 @@ def metrics(order: np.ndarray, wrong: np.ndarray) -> dict[str, float]:
     return {"p_at_k": float(wrong[order[:k]].mean()), "r_at_2k": float(wrong[order[:2 * k]].sum() / k)}
 
 
-def crossfit(rows: list[dict], arrays: Path, tag: str, setting: str, seed: int, folds: int) -> np.ndarray | None:
-    """The out-of-fold probabilities of one noisy training set, if all its fold models have finished."""
-    parts = {r["fold"]: arrays / r["arrays"] for r in rows
-             if "fold" in r and "arrays" in r and (r["tag"], r["setting"], r["seed"]) == (tag, setting, seed)}
-    if len(parts) < folds:
+def crossfit(rows: list[dict], arrays: Path, run: dict, folds: int) -> tuple[str, np.ndarray] | None:
+    """The out-of-fold probabilities of one fused run's noisy training set, if all its fold models have finished,
+    and the trunk file they ran on. The fold models are a unit of their own (benchmarks/trunk_noise.py's choose()):
+    those on the run's own trunk file if complete, else the first complete set in the log, as the study takes them."""
+    sets: dict[str, dict[int, Path]] = {}
+    for r in rows:
+        if "fold" in r and "arrays" in r and (r["trunk"], r["setting"], r["seed"]) == (
+                run["trunk"], run["setting"], run["seed"]):
+            sets.setdefault(r["tag"], {})[r["fold"]] = arrays / r["arrays"]
+    complete = [tag for tag, parts in sets.items() if len(parts) >= folds]
+    if not complete:
         return None
+    tag = run["tag"] if run["tag"] in complete else complete[0]
+    parts = sets[tag]
     loaded = [np.load(parts[k]) for k in sorted(parts)]
     n = sum(len(d["rows"]) for d in loaded)
     probs = np.zeros((n, loaded[0]["probs"].shape[1]))
     for d in loaded:
         probs[d["rows"]] = d["probs"]
-    return probs
+    return tag, probs
 
 
 def rankings(labels: np.ndarray, probs: np.ndarray, wrong: np.ndarray) -> dict[str, dict]:
@@ -85,9 +93,9 @@ def main() -> None:
         if not wrong.any():
             continue
         out = {}
-        cf = crossfit(rows, arrays, r["tag"], r["setting"], r["seed"], args.folds)
+        cf = crossfit(rows, arrays, r, args.folds)
         if cf is not None:
-            out |= {f"{name} (crossfit)": m for name, m in rankings(labels, cf, wrong).items()}
+            out |= {f"{name} (crossfit)": m | {"folds_on": cf[0]} for name, m in rankings(labels, cf[1], wrong).items()}
         out |= {f"{name} (in-sample)": m for name, m in rankings(labels, d["probs"].astype(np.float64), wrong).items()}
         key = f"{r['tag']}/{r['setting']}/{r['seed']}"  # the tag names the trunk file: two trunks never mix
         runs[key] = out

@@ -237,6 +237,15 @@ def collect_crossfit(cfg: Config, jobs: list[Job], done: dict[str, dict[str, Any
     return out
 
 
+def crossfit_files(jobs: list[Job], done: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The trunk file (tag) of each finished cross-fit, by collect_crossfit's name."""
+    groups: dict[str, list[Job]] = {}
+    for j in jobs:
+        if j.fold is not None:
+            groups.setdefault(f"{j.trunk}/{j.setting}/{j.seed}", []).append(j)
+    return {name: parts[0].tag for name, parts in groups.items() if all(j.key in done for j in parts)}
+
+
 def cpu_model() -> str:
     from fuse_export.cpuinfo import cpu_features
 
@@ -315,9 +324,10 @@ def main() -> None:
     cleanlab = json.loads(args.cleanlab.read_text()) if args.cleanlab else None
     command = " ".join(["python benchmarks/trunk_noise.py", *sys.argv[1:]])
     write_report(args.out, name, cfg, rows, collect_crossfit(cfg, jobs, done, arrays), command,
-                 time.perf_counter() - started, trunk_infos(rows, arrays), cleanlab,
+                 time.perf_counter() - started,
+                 trunk_infos([done[j.key] for j in jobs if j.key in done], arrays), cleanlab,
                  {"planned": len(jobs), "finished": sum(j.key in done for j in jobs), "log": str(log.relative_to(ROOT))
-                  if log.is_relative_to(ROOT) else str(log)})
+                  if log.is_relative_to(ROOT) else str(log), "crossfit_files": crossfit_files(jobs, done)})
 
 
 if __name__ == "__main__":

@@ -101,8 +101,11 @@ def audit_scores(npz: dict[str, np.ndarray], crossfit: np.ndarray | None) -> dic
 
 
 def audit_summary(rows: list[dict[str, Any]], crossfit: dict[str, np.ndarray], cfg: Any,
-                  cleanlab: dict[str, Any] | None) -> dict[str, Any]:
-    """Precision at K (K = flips) and recall at 2K of every variant, per run and averaged per (trunk, setting)."""
+                  cleanlab: dict[str, Any] | None, crossfit_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """Precision at K (K = flips) and recall at 2K of every variant, per run and averaged per (trunk, setting).
+
+    `crossfit_files` names the trunk file of each cross-fit used here; cleanlab's cross-fitted figures count only
+    where cleanlab was given the same fold models (its `folds_on`), so both rank the same probabilities."""
     per_run: dict[str, dict[str, dict[str, float]]] = {}
     for r in rows:
         if r["model"] != "fused" or r["setting"] == "sym0":
@@ -123,7 +126,9 @@ def audit_summary(rows: list[dict[str, Any]], crossfit: dict[str, np.ndarray], c
                                                                 "r_at_2k": d["recall_at_2k"]}
         tagged = f"{r.get('tag', r['trunk'])}/{r['setting']}/{r['seed']}"  # cleanlab's key names the trunk file
         for name, m in ((cleanlab or {}).get("runs", {}).get(tagged, {})).items():
-            metrics[f"cleanlab {name}"] = m
+            if "folds_on" in m and m["folds_on"] != (crossfit_files or {}).get(key):
+                continue
+            metrics[f"cleanlab {name}"] = {"p_at_k": m["p_at_k"], "r_at_2k": m["r_at_2k"]}
         per_run[key] = metrics | {"_k": {"p_at_k": float(k), "r_at_2k": float(k)}}
     mean: dict[str, Any] = {}
     for key, metrics in per_run.items():
@@ -208,10 +213,17 @@ def markdown(cfg: Any, acc: dict[str, Any], relabel: dict[str, Any], audit: dict
                   f"{p.get('image_size')} px, held-out identity accuracy "
                   f"{100 * p.get('heldout_identity_accuracy', float('nan')):.1f}% (chance "
                   f"{100 * p.get('chance', float('nan')):.2f}%); `{p.get('command', '')}`.", ""]
+    folds_on: dict[str, list[str]] = {}
+    for name, tag in ((info.get("progress") or {}).get("crossfit_files") or {}).items():
+        folds_on.setdefault(tag, []).append(name.split("/", 1)[1].replace("/", " seed "))
+    if folds_on and info.get("trunks"):
+        lines += [f"Cross-fits ({cfg.folds} fold models each) on: " + "; ".join(f"{t}: {', '.join(v)}" for t, v in
+                                                                     folds_on.items()) + ".", ""]
     if len(info.get("trunks") or {}) > 1:
         lines += ["The same pretraining recipe gives another file on another CPU model (floating-point sums differ "
                   "from the first epoch), so each machine's file is kept and named; a setting and seed's paired "
-                  "models always share one file (cross-fits are their own unit).", ""]
+                  "models always share one file (cross-fits are their own unit: their fold models may have run on "
+                  "another file than the fused run whose labels they score).", ""]
     for trunk in cfg.trunks:
         lines += [f"## Accuracy, {TRUNK_TITLES.get(trunk, trunk)}", "",
                   "| noise | " + " | ".join(MODEL_TITLES[m] for m in cfg.models) + " | fused - DCNN | fused - SCN |",
@@ -353,7 +365,7 @@ def write_report(out: Path, name: str, cfg: Any, rows: list[dict[str, Any]], cro
     out.mkdir(parents=True, exist_ok=True)
     design = [r for r in rows if r["seed"] in cfg.seeds]  # added seeds only enter accuracy's separate line
     acc, relabel = accuracy_summary(rows, cfg), relabel_summary(design, cfg)
-    audit = audit_summary(design, crossfit, cfg, cleanlab)
+    audit = audit_summary(design, crossfit, cfg, cleanlab, (progress or {}).get("crossfit_files"))
     info = {"name": name, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine_info(), "command": command, "wall_seconds": round(seconds, 1), "trunks": trunks,
             "trunk_cells": _trunk_cells(rows),
