@@ -18,8 +18,10 @@ its defaults, as `fuse-export audit-labels CHECKPOINT --data PATH` runs it.
 Each finished job is appended at once to benchmarks/results/NAME.jsonl, its arrays (labels, probabilities, AUM;
 a fold model's out-of-fold probabilities) to benchmarks/results/NAME/, both committed: a rerun, in this session or
 the next, on this machine or another, skips every job the log holds for the same configuration, STUDY_VERSION
-and trunk file (its digest is part of the key: a re-pretrained trunk that differs starts its own rows, and
-pairs are only ever formed within one trunk). --max-minutes (default 60) stops submitting new jobs after a
+and trunk file (its digest is part of the key). The pretraining is not bit-reproducible across CPU models, so
+another machine's trunk file differs: a unit (a setting and seed's paired runs, or its fold models) finished
+under an earlier file is reused whole, one only begun there runs again on the current file (choose()), and
+pairs are only ever formed within one file. --max-minutes (default 60) stops submitting new jobs after a
 while; the grid as a whole is several hours on 2 cores (a 64 px run takes about 3.6 min on 2 threads), so it is
 run in chunks, the issue's targets first (see plan()). A machine with N cores runs N single-threaded jobs at once.
 Choices of the audit's defaults are made on the tuning data set (data seed 1), never on the reported runs.
