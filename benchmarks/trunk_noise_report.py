@@ -148,12 +148,13 @@ def _f(ms: tuple[float, float, int], scale: float = 100.0, digits: int = 1) -> s
     return f"{m * scale:.{digits}f} ± {sd * scale:.{digits}f}"
 
 
-def _diff(d: dict[str, Any] | None) -> str:
+def _diff(d: dict[str, Any] | None, per_seed: bool = True) -> str:
     if not d:
         return "-"
     lo, hi = d["ci95"]
     mark = " *" if d["excludes_zero"] else ""
-    return (f"{d['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}]{mark} ({', '.join(f'{x:+.1f}' for x in d['per_seed'])})")
+    seeds = f" ({', '.join(f'{x:+.1f}' for x in d['per_seed'])})" if per_seed else ""
+    return f"{d['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}]{mark}{seeds}"
 
 
 def targets(acc: dict[str, Any], relabel: dict[str, Any], audit: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
@@ -330,11 +331,13 @@ def readme_block(acc: dict[str, Any], relabel: dict[str, Any], audit: dict[str, 
             ns = {c[m]["n"] for m in done}
             one = len(ns) == 1  # the seed count once when every model has the same
             parts = [f"{MODEL_TITLES[m]} {c[m]['mean']:.1f}%" + ("" if one else f" ({c[m]['n']} seeds)") for m in done]
-            diff = f"; fused - DCNN {_diff(c['fused-dcnn'])}" if c.get("fused-dcnn") else ""
+            # The README is kept short (tests/test_docs.py): intervals without the per-seed list, short trunk names.
+            diff = f"; fused - DCNN {_diff(c['fused-dcnn'], False)}" if c.get("fused-dcnn") else ""
             if c.get("all_seeds"):
                 a = c["all_seeds"]["fused-dcnn"]
-                diff += f"; {a['n']} seeds ({len(c['all_seeds']['added'])} added later) {_diff(a)}"
-            lines.append(f"  - 30% symmetric noise, {TRUNK_TITLES[trunk]}" + (f", {ns.pop()} seeds" if one else "")
+                diff += f"; {a['n']} seeds ({len(c['all_seeds']['added'])} added later) {_diff(a, False)}"
+            title = "pretrained trunk (stand-in)" if trunk == "identity" else TRUNK_TITLES[trunk]
+            lines.append(f"  - 30% symmetric noise, {title}" + (f", {ns.pop()} seeds" if one else "")
                          + ": " + ", ".join(parts) + diff + ".")
     for setting in ("sym20", "sym30"):
         r = relabel.get(f"identity/{setting}/scn")
