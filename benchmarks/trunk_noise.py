@@ -206,8 +206,8 @@ def trunk_infos(rows: list[dict[str, Any]], arrays: Path) -> dict[str, dict[str,
             if (arrays / "trunks" / f"{t}.json").exists()}
 
 
-def store_row(job: Job, row: dict[str, Any], log: Path, arrays: Path) -> None:
-    """Keep a finished job: its arrays under `arrays` (float32 probabilities), then its row in the log."""
+def store_row(job: Job, row: dict[str, Any], log: Path, arrays: Path) -> dict[str, Any]:
+    """Keep a finished job: its arrays under `arrays` (float32 probabilities), then its row in the log (returned)."""
     src = job.run / ("fold.npz" if job.fold is not None else "audit.npz")
     if src.exists():
         data = dict(np.load(src))
@@ -217,17 +217,22 @@ def store_row(job: Job, row: dict[str, Any], log: Path, arrays: Path) -> None:
         with atomic_path(dest) as tmp, open(tmp, "wb") as fh:  # a file object: numpy would append .npz to a name
             np.savez_compressed(fh, **data)
         row = row | {"arrays": job.array_name}
-    append_rows(log, [row | {"tag": job.tag, "trunk_digest": job.digest, "cpu": cpu_model()}])
+    return append_rows(log, [row | {"tag": job.tag, "trunk_digest": job.digest, "cpu": cpu_model()}])[0]
 
 
-def collect_crossfit(cfg: Config, jobs: list[Job], done: dict[str, dict[str, Any]], arrays: Path) -> dict[str, np.ndarray]:
-    """Out-of-fold probabilities per (trunk, setting, seed), where every fold has finished."""
+def fold_groups(jobs: list[Job]) -> dict[str, list[Job]]:
+    """The fold models of each cross-fit, by "trunk/setting/seed"."""
     groups: dict[str, list[Job]] = {}
     for j in jobs:
         if j.fold is not None:
             groups.setdefault(f"{j.trunk}/{j.setting}/{j.seed}", []).append(j)
+    return groups
+
+
+def collect_crossfit(cfg: Config, jobs: list[Job], done: dict[str, dict[str, Any]], arrays: Path) -> dict[str, np.ndarray]:
+    """Out-of-fold probabilities per (trunk, setting, seed), where every fold has finished."""
     out = {}
-    for name, parts in groups.items():
+    for name, parts in fold_groups(jobs).items():
         if not all(j.key in done and "arrays" in done[j.key] for j in parts):
             continue
         loaded = [np.load(arrays / done[j.key]["arrays"]) for j in parts]
@@ -241,11 +246,7 @@ def collect_crossfit(cfg: Config, jobs: list[Job], done: dict[str, dict[str, Any
 
 def crossfit_files(jobs: list[Job], done: dict[str, dict[str, Any]]) -> dict[str, str]:
     """The trunk file (tag) of each finished cross-fit, by collect_crossfit's name."""
-    groups: dict[str, list[Job]] = {}
-    for j in jobs:
-        if j.fold is not None:
-            groups.setdefault(f"{j.trunk}/{j.setting}/{j.seed}", []).append(j)
-    return {name: parts[0].tag for name, parts in groups.items() if all(j.key in done for j in parts)}
+    return {name: parts[0].tag for name, parts in fold_groups(jobs).items() if all(j.key in done for j in parts)}
 
 
 def cpu_model() -> str:
@@ -310,9 +311,8 @@ def main() -> None:
                 for fut in finished:
                     job = running.pop(fut)
                     row = fut.result()
-                    store_row(job, row, log, arrays)
+                    done[job.key] = store_row(job, row, log, arrays)
                     store_trunk_info(job, arrays, args.pretrained)
-                    done[job.key] = read_rows(log, job.key)[-1]
                     finished_count += 1
                     what = f"{job.tag} {job.setting} {row.get('model', f'fold {job.fold}')} seed {job.seed}"
                     extra = f" test {row['test_acc']:.3f}" if "test_acc" in row else ""

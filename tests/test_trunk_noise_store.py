@@ -75,13 +75,15 @@ def test_store_and_crossfit_round_trip(tn, tmp_path: Path) -> None:
     assignment = rng.integers(0, 2, n)
     truth = rng.dirichlet(np.ones(classes), n)  # the out-of-fold probabilities, built here
     log, arrays = tmp_path / "study.jsonl", tmp_path / "study"
+    stored = []
     for job in folds:
         job.run.mkdir(parents=True)
         rows = np.flatnonzero(assignment == job.fold)
         np.savez_compressed(job.run / "fold.npz", rows=rows, probs=truth[rows])  # as fold_job writes it
-        tn.store_row(job, {"trunk": job.trunk, "setting": job.setting, "seed": job.seed, "fold": job.fold,
-                           "key": job.key}, log, arrays)
+        stored.append(tn.store_row(job, {"trunk": job.trunk, "setting": job.setting, "seed": job.seed,
+                                         "fold": job.fold, "key": job.key}, log, arrays))
     done = {r["key"]: r for r in tn.read_rows(log)}
+    assert stored == list(done.values())  # the row the runner keeps is the one a later session reads back
     assert set(done) == {j.key for j in folds}
     assert all((arrays / r["arrays"]).is_file() and r["tag"].startswith("identity-") for r in done.values())
     got = tn.collect_crossfit(cfg, jobs, done, arrays)
